@@ -1,0 +1,325 @@
+package broker
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// InMemory is a broker that keeps its queues in process memory: for tests,
+// examples and programs that kick and run tasks in one process. It has the
+// same API and delivery semantics as [ListQueue] within its process; nothing
+// survives the process.
+type InMemory struct {
+	base
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced whenever a queue gains work
+	queues  map[string]*memQueue
+	now     func() time.Time
+}
+
+type memQueue struct {
+	ready     [][]byte
+	scheduled memSchedule
+	dead      []DeadLetter
+}
+
+// DeadLetter is a message a worker could not or would not run, with the
+// reason.
+type DeadLetter struct {
+	// TaskID and TaskName are empty when the message did not decode.
+	TaskID   string `msgpack:"task_id"`
+	TaskName string `msgpack:"task_name"`
+	// Queue the message was taken from.
+	Queue string `msgpack:"queue"`
+	// Reason says why it was dead-lettered: the decoding error, the unknown
+	// name, or the task's last error.
+	Reason string `msgpack:"reason"`
+	// Attempt is the message's attempt counter when it was dead-lettered.
+	Attempt int `msgpack:"attempt"`
+	// At is when it was dead-lettered.
+	At time.Time `msgpack:"at"`
+	// Raw is the message as it was stored.
+	Raw []byte `msgpack:"raw"`
+}
+
+// NewInMemory returns an empty in-memory broker using the msgpack formatter.
+func NewInMemory() *InMemory {
+	return &InMemory{
+		base:    base{formatter: Msgpack},
+		changed: make(chan struct{}),
+		queues:  make(map[string]*memQueue),
+		now:     time.Now,
+	}
+}
+
+// WithMiddlewares registers middlewares, in order, and returns b.
+func (b *InMemory) WithMiddlewares(mws ...Middleware) *InMemory {
+	b.addMiddlewares(b, mws)
+	return b
+}
+
+// Startup runs the middlewares' Startup hooks.
+func (b *InMemory) Startup(ctx context.Context) error { return b.startup(ctx) }
+
+// Shutdown runs the middlewares' Shutdown hooks.
+func (b *InMemory) Shutdown(ctx context.Context) error { return b.shutdown(ctx) }
+
+// ErrLockUnsupported is returned by a broker's Kick for a message carrying a
+// [Lock] it cannot take atomically; a middleware must check
+// [LockingBroker] first.
+var ErrLockUnsupported = errors.New("kiq: broker cannot take a lock with the enqueue")
+
+// Kick encodes msg and puts it on its queue, or schedules it when it carries
+// a delay.
+func (b *InMemory) Kick(ctx context.Context, msg *Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if msg.Lock != nil {
+		return ErrLockUnsupported
+	}
+	if msg.EnqueuedAt == 0 {
+		msg.EnqueuedAt = b.now().UnixMilli()
+	}
+	raw, err := b.formatter.EncodeMessage(msg)
+	if err != nil {
+		return err
+	}
+	due := time.UnixMilli(msg.EnqueuedAt).Add(msg.Delay())
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.enqueueLocked(msg.Queue(DefaultQueue), raw, due)
+	return nil
+}
+
+func (b *InMemory) enqueueLocked(queue string, raw []byte, due time.Time) {
+	q := b.queue(queue)
+	if due.After(b.now()) {
+		heap.Push(&q.scheduled, memScheduled{due: due, raw: raw})
+	} else {
+		q.ready = append(q.ready, raw)
+	}
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+func (b *InMemory) queue(name string) *memQueue {
+	q, ok := b.queues[name]
+	if !ok {
+		q = &memQueue{}
+		b.queues[name] = q
+	}
+	return q
+}
+
+// Len returns the number of messages waiting on queue, scheduled ones
+// included.
+func (b *InMemory) Len(queue string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	q := b.queue(queue)
+	return len(q.ready) + len(q.scheduled)
+}
+
+// DeadLetters returns a copy of queue's dead-letter list, oldest first.
+func (b *InMemory) DeadLetters(queue string) []DeadLetter {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.queue(queue).dead)
+}
+
+// Consume opens a consumer of opts.Queues.
+func (b *InMemory) Consume(ctx context.Context, opts ConsumeOptions) (Consumer, error) {
+	queues := opts.Queues
+	if len(queues) == 0 {
+		queues = []string{DefaultQueue}
+	}
+	return &memConsumer{b: b, queues: slices.Clone(queues), held: make(map[*Delivery]struct{})}, nil
+}
+
+type memConsumer struct {
+	b      *InMemory
+	queues []string
+
+	mu     sync.Mutex // guards held and closed; taken after b.mu
+	held   map[*Delivery]struct{}
+	closed bool
+}
+
+var errConsumerClosed = errors.New("kiq: consumer closed")
+
+func (c *memConsumer) Fetch(ctx context.Context, limit int) ([]*Delivery, error) {
+	limit = max(limit, 1)
+	for {
+		b := c.b
+		b.mu.Lock()
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			b.mu.Unlock()
+			return nil, errConsumerClosed
+		}
+		now := b.now()
+		var out []*Delivery
+		var next time.Time
+		for _, name := range c.queues {
+			q := b.queue(name)
+			for len(q.scheduled) > 0 && !q.scheduled[0].due.After(now) {
+				q.ready = append(q.ready, heap.Pop(&q.scheduled).(memScheduled).raw)
+			}
+			if len(q.scheduled) > 0 && (next.IsZero() || q.scheduled[0].due.Before(next)) {
+				next = q.scheduled[0].due
+			}
+			for len(q.ready) > 0 && len(out) < limit {
+				raw := q.ready[0]
+				q.ready = q.ready[1:]
+				d := decodeDelivery(b.formatter, name, raw)
+				c.held[d] = struct{}{}
+				out = append(out, d)
+			}
+		}
+		changed := b.changed
+		c.mu.Unlock()
+		b.mu.Unlock()
+		if len(out) > 0 {
+			return out, nil
+		}
+		var timer <-chan time.Time
+		if !next.IsZero() {
+			t := time.NewTimer(next.Sub(now))
+			timer = t.C
+			defer t.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-changed:
+		case <-timer:
+		}
+	}
+}
+
+// decodeDelivery builds the delivery of raw taken from queue.
+func decodeDelivery(f Formatter, queue string, raw []byte) *Delivery {
+	d := &Delivery{Queue: queue, Raw: raw}
+	d.Message, d.Err = f.DecodeMessage(raw)
+	if d.Message != nil {
+		d.ID = d.Message.TaskID
+	}
+	return d
+}
+
+// settle removes ds from the held set, failing for one this consumer does
+// not hold.
+func (c *memConsumer) settle(ds ...*Delivery) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, d := range ds {
+		if _, ok := c.held[d]; !ok {
+			return fmt.Errorf("kiq: delivery %q is not held by this consumer", d.ID)
+		}
+	}
+	for _, d := range ds {
+		delete(c.held, d)
+	}
+	return nil
+}
+
+func (c *memConsumer) Ack(ctx context.Context, ds ...*Delivery) error {
+	return c.settle(ds...)
+}
+
+func (c *memConsumer) Retry(ctx context.Context, d *Delivery, msg *Message, delay time.Duration) error {
+	raw, err := c.b.formatter.EncodeMessage(msg)
+	if err != nil {
+		return err
+	}
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	if err := c.settle(d); err != nil {
+		return err
+	}
+	c.b.enqueueLocked(d.Queue, raw, c.b.now().Add(delay))
+	return nil
+}
+
+func (c *memConsumer) DeadLetter(ctx context.Context, d *Delivery, reason string) error {
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	if err := c.settle(d); err != nil {
+		return err
+	}
+	dl := DeadLetter{Queue: d.Queue, Reason: reason, At: c.b.now(), Raw: d.Raw}
+	if d.Message != nil {
+		dl.TaskID, dl.TaskName, dl.Attempt = d.Message.TaskID, d.Message.TaskName, d.Message.Attempt
+	}
+	q := c.b.queue(d.Queue)
+	q.dead = append(q.dead, dl)
+	return nil
+}
+
+func (c *memConsumer) HandBack(ctx context.Context, ds ...*Delivery) error {
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	if err := c.settle(ds...); err != nil {
+		return err
+	}
+	c.handBackLocked(ds)
+	return nil
+}
+
+// handBackLocked puts ds back at the head of their queues, in order.
+func (c *memConsumer) handBackLocked(ds []*Delivery) {
+	for i := len(ds) - 1; i >= 0; i-- {
+		q := c.b.queue(ds[i].Queue)
+		q.ready = append([][]byte{ds[i].Raw}, q.ready...)
+	}
+	close(c.b.changed)
+	c.b.changed = make(chan struct{})
+}
+
+func (c *memConsumer) Close(ctx context.Context) error {
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	held := make([]*Delivery, 0, len(c.held))
+	for d := range c.held {
+		held = append(held, d)
+	}
+	clear(c.held)
+	c.mu.Unlock()
+	if len(held) > 0 {
+		c.handBackLocked(held)
+	}
+	return nil
+}
+
+type memScheduled struct {
+	due time.Time
+	raw []byte
+}
+
+// memSchedule is a min-heap of scheduled messages by due time.
+type memSchedule []memScheduled
+
+func (s memSchedule) Len() int           { return len(s) }
+func (s memSchedule) Less(i, j int) bool { return s[i].due.Before(s[j].due) }
+func (s memSchedule) Swap(i, j int)      { s[i], s[j] = s[j], s[i] }
+func (s *memSchedule) Push(x any)        { *s = append(*s, x.(memScheduled)) }
+func (s *memSchedule) Pop() any {
+	old := *s
+	x := old[len(old)-1]
+	*s = old[:len(old)-1]
+	return x
+}

@@ -1,0 +1,162 @@
+package broker
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Message is the envelope of one task on the wire. Only the outermost call
+// (task.Define's handler, the kicker) sees the typed arguments; brokers,
+// middlewares and the worker work on this untyped form.
+type Message struct {
+	// TaskID identifies this task, and stays the same across its retries.
+	TaskID string `msgpack:"task_id"`
+	// TaskName is the stable name the task was defined with; the worker
+	// finds the handler by it.
+	TaskName string `msgpack:"task_name"`
+	// Labels are the merged labels of the task and the call.
+	Labels Labels `msgpack:"labels"`
+	// Args holds the arguments encoded by the broker's [Formatter].
+	Args msgpack.RawMessage `msgpack:"args"`
+	// Attempt counts the deliveries that ended in a retry: 0 on the first
+	// run, 1 on the first retry.
+	Attempt int `msgpack:"attempt,omitempty"`
+	// EnqueuedAt is when the message was first kicked, in Unix milliseconds.
+	EnqueuedAt int64 `msgpack:"enqueued_at,omitempty"`
+
+	// Lock, when set by a middleware's PreSend, asks the broker to take a
+	// Redis lock before the message becomes visible (see [Lock]). It never
+	// travels on the wire.
+	Lock *Lock `msgpack:"-"`
+}
+
+// Queue returns the queue named by the message's queue label, or def.
+func (m *Message) Queue(def string) string {
+	if q, ok := m.Labels.String(LabelQueue); ok && q != "" {
+		return q
+	}
+	return def
+}
+
+// Delay returns how long after EnqueuedAt the message may be delivered: the
+// delay label, or 0.
+func (m *Message) Delay() time.Duration {
+	d, _ := m.Labels.Duration(LabelDelay)
+	return max(d, 0)
+}
+
+// NewTaskID returns a random task id: 32 lowercase hex digits, as Taskiq's
+// uuid4().hex.
+func NewTaskID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // variant 10
+	return hex.EncodeToString(b[:])
+}
+
+// Lock asks a broker to enqueue a message only if it can take a Redis lock:
+// SET Key TaskID NX PX TTL. Brokers that share the lock's Redis do both in
+// one script; [LockingBroker] tells whether a broker can.
+type Lock struct {
+	// Client is the Redis that holds the lock.
+	Client redis.UniversalClient
+	// Key is the lock's full key.
+	Key string
+	// TTL is how long the lock lives unless extended or released.
+	TTL time.Duration
+	// Held builds the error returned when another task holds the lock.
+	// holder is the id of that task.
+	Held func(holder string) error
+}
+
+// LockingBroker is implemented by brokers that can take a [Lock] atomically
+// with the enqueue.
+type LockingBroker interface {
+	Broker
+	// LocksAtomically reports whether Kick takes a Lock held in c in the same
+	// script as the enqueue.
+	LocksAtomically(c redis.UniversalClient) bool
+}
+
+// Formatter encodes messages and task arguments. Msgpack is the default; a
+// formatter for Taskiq's JSON message lets Go and Python share queues.
+type Formatter interface {
+	// EncodeMessage returns the wire form of m.
+	EncodeMessage(m *Message) ([]byte, error)
+	// DecodeMessage parses a wire message. Its error wraps ErrMalformed.
+	DecodeMessage(b []byte) (*Message, error)
+	// EncodeArgs encodes a task's arguments (a struct).
+	EncodeArgs(v any) ([]byte, error)
+	// DecodeArgs decodes arguments into v: a pointer to the argument struct,
+	// or to a map[string]any, which receives int64, uint64, float64, string,
+	// bool, nil, []any and map[string]any values.
+	DecodeArgs(b []byte, v any) error
+}
+
+// ErrMalformed is wrapped by errors about input that cannot be decoded: a
+// message, or arguments of the wrong type.
+var ErrMalformed = errors.New("kiq: malformed message")
+
+// Msgpack is the default [Formatter]. Argument structs are encoded as maps
+// keyed by their msgpack field names.
+var Msgpack Formatter = msgpackFormatter{}
+
+type msgpackFormatter struct{}
+
+// maxDecodeLen bounds the declared length of any one msgpack string, binary,
+// array or map, so a small hostile input cannot make the decoder allocate
+// gigabytes.
+const maxDecodeLen = 64 << 20
+
+func (msgpackFormatter) EncodeMessage(m *Message) ([]byte, error) {
+	b, err := msgpack.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("kiq: encode message: %w", err)
+	}
+	return b, nil
+}
+
+func newDecoder(b []byte) *msgpack.Decoder {
+	d := msgpack.NewDecoder(bytes.NewReader(b))
+	d.UseLooseInterfaceDecoding(true)
+	d.SetMapDecoder(func(d *msgpack.Decoder) (any, error) { return d.DecodeUntypedMap() })
+	return d
+}
+
+func (msgpackFormatter) DecodeMessage(b []byte) (*Message, error) {
+	if len(b) > maxDecodeLen {
+		return nil, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
+	}
+	var m Message
+	d := newDecoder(b)
+	if err := d.Decode(&m); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if m.TaskID == "" || m.TaskName == "" {
+		return nil, fmt.Errorf("%w: missing task_id or task_name", ErrMalformed)
+	}
+	return &m, nil
+}
+
+func (msgpackFormatter) EncodeArgs(v any) ([]byte, error) {
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("kiq: encode arguments: %w", err)
+	}
+	return b, nil
+}
+
+func (msgpackFormatter) DecodeArgs(b []byte, v any) error {
+	if err := newDecoder(b).Decode(v); err != nil {
+		return fmt.Errorf("%w: arguments: %v", ErrMalformed, err)
+	}
+	return nil
+}

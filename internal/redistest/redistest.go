@@ -1,0 +1,251 @@
+// Package redistest starts private Redis servers for tests: a real
+// redis-server on a free loopback port, or, on a machine without the binary,
+// an in-process miniredis, announced loudly in the test output. CI (CI=true)
+// refuses the fallback.
+//
+// Packages that use it call Main from TestMain so servers are stopped and
+// leaked goroutines reported:
+//
+//	func TestMain(m *testing.M) { redistest.Main(m) }
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+// Server is a Redis server private to the test binary.
+type Server struct {
+	addr string
+	dir  string
+	args []string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	mini *miniredis.Miniredis
+}
+
+var (
+	sharedOnce sync.Once
+	shared     *Server
+	sharedErr  error
+
+	allMu sync.Mutex
+	all   []*Server
+
+	prefixSeq atomic.Int64
+)
+
+// Main runs the tests, stops every server started, and fails the run when
+// goroutines leaked. Extra goleak options name goroutines to ignore.
+func Main(m *testing.M, opts ...goleak.Option) {
+	code := m.Run()
+	allMu.Lock()
+	for _, s := range all {
+		s.stop()
+	}
+	allMu.Unlock()
+	if code == 0 {
+		opts = append(opts, goleak.IgnoreCurrent())
+		if err := goleak.Find(opts...); err != nil {
+			fmt.Fprintln(os.Stderr, "redistest: leaked goroutines:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// Shared returns the server shared by the tests of this binary, starting it
+// on first use. Tests sharing it keep apart by key prefix (see Prefix).
+func Shared(tb testing.TB) *Server {
+	tb.Helper()
+	sharedOnce.Do(func() { shared, sharedErr = start() })
+	if sharedErr != nil {
+		tb.Fatalf("redistest: %v", sharedErr)
+	}
+	return shared
+}
+
+// Start returns a server of the test's own, stopped when the test ends: for
+// tests that restart, pause or break their Redis.
+func Start(tb testing.TB) *Server {
+	tb.Helper()
+	s, err := start()
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	tb.Cleanup(s.stop)
+	return s
+}
+
+// Real reports whether tests run against a real redis-server.
+func Real() bool {
+	_, err := exec.LookPath("redis-server")
+	return err == nil
+}
+
+func start() (*Server, error) {
+	s := &Server{}
+	if !Real() {
+		if os.Getenv("CI") != "" {
+			return nil, fmt.Errorf("redis-server not found, and CI refuses the miniredis fallback")
+		}
+		fmt.Fprintln(os.Stderr, "redistest: WARNING: redis-server not found; running against miniredis (in-process, partial Redis semantics)")
+		s.mini = miniredis.NewMiniRedis()
+		if err := s.mini.Start(); err != nil {
+			return nil, err
+		}
+		s.addr = s.mini.Addr()
+		register(s)
+		return s, nil
+	}
+	dir, err := os.MkdirTemp("", "redistest-")
+	if err != nil {
+		return nil, err
+	}
+	s.dir = dir
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	s.args = []string{
+		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir,
+		"--unixsocket", "", "--daemonize", "no", "--loglevel", "warning",
+		"--logfile", filepath.Join(dir, "redis.log"),
+	}
+	if err := s.launch(); err != nil {
+		return nil, err
+	}
+	register(s)
+	return s, nil
+}
+
+func register(s *Server) {
+	allMu.Lock()
+	all = append(all, s)
+	allMu.Unlock()
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// launch starts redis-server and waits until it answers PING.
+func (s *Server) launch() error {
+	cmd := exec.Command("redis-server", s.args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start redis-server: %w", err)
+	}
+	s.mu.Lock()
+	s.cmd = cmd
+	s.mu.Unlock()
+	c := redis.NewClient(&redis.Options{Addr: s.addr, MaxRetries: -1})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+			return fmt.Errorf("redis-server on %s did not answer: %v\n%s", s.addr, err, log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (s *Server) stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mini != nil {
+		s.mini.Close()
+		return
+	}
+	if s.cmd != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+	if s.dir != "" {
+		_ = os.RemoveAll(s.dir)
+	}
+}
+
+// Addr returns the server's host:port.
+func (s *Server) Addr() string { return s.addr }
+
+// URL returns the server's redis:// URL.
+func (s *Server) URL() string { return "redis://" + s.addr }
+
+// Client returns a client of the server, closed when the test ends.
+func (s *Server) Client(tb testing.TB) *redis.Client {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.addr})
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Prefix returns a key prefix unique to the test, so tests sharing a server
+// do not see each other's keys.
+func Prefix(tb testing.TB) string {
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(tb.Name())
+	return fmt.Sprintf("t%d_%s", prefixSeq.Add(1), name)
+}
+
+// Kill stops the server at once, as a crash would (SIGKILL); Revive starts it
+// again on the same address, empty. Both fail the test under miniredis when
+// that cannot be done.
+func (s *Server) Kill(tb testing.TB) {
+	tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mini != nil {
+		s.mini.Close()
+		return
+	}
+	if s.cmd != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// Revive starts a killed server again on the same address.
+func (s *Server) Revive(tb testing.TB) {
+	tb.Helper()
+	if s.mini != nil {
+		if err := s.mini.StartAddr(s.addr); err != nil {
+			tb.Fatalf("redistest: revive miniredis: %v", err)
+		}
+		return
+	}
+	if err := s.launch(); err != nil {
+		tb.Fatalf("redistest: revive: %v", err)
+	}
+}

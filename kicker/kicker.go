@@ -1,0 +1,122 @@
+// Package kicker builds and sends task messages: the Kicker[Args] builder
+// behind task.Task's Kiq and Kicker methods.
+package kicker
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/kiq-go/kiq/broker"
+	"github.com/kiq-go/kiq/middleware"
+)
+
+// Target is the task a kicker sends: its broker, name and task-level labels.
+// task.Define builds one per task; kickers made from it share it.
+type Target struct {
+	// Broker sends the messages.
+	Broker broker.Broker
+	// Name is the task's name.
+	Name string
+	// Labels are the task-level labels (struct tags merged with Define's).
+	Labels broker.Labels
+
+	chainOnce sync.Once
+	chain     *middleware.Chain
+}
+
+// Chain returns the middleware chain of the target's broker, built on first
+// use: middlewares registered on the broker after a task's first kick do not
+// run for that task's kicks.
+func (t *Target) Chain() *middleware.Chain {
+	t.chainOnce.Do(func() { t.chain = middleware.NewChain(t.Broker.Middlewares()) })
+	return t.chain
+}
+
+// Kicker builds one kick of a task with arguments of type Args. Its With
+// methods return a new Kicker, so a Kicker can be kept and reused.
+type Kicker[Args any] struct {
+	target *Target
+	labels broker.Labels
+	taskID string
+}
+
+// New returns a kicker of t.
+func New[Args any](t *Target) *Kicker[Args] {
+	return &Kicker[Args]{target: t}
+}
+
+// WithLabels returns a kicker whose call-level labels are k's overridden by
+// labels. Call-level labels win over task-level ones.
+func (k *Kicker[Args]) WithLabels(labels broker.Labels) *Kicker[Args] {
+	c := *k
+	c.labels = maps.Clone(k.labels)
+	if c.labels == nil {
+		c.labels = make(broker.Labels, len(labels))
+	}
+	maps.Copy(c.labels, labels)
+	return &c
+}
+
+// WithTaskID returns a kicker that sends the task under id instead of a
+// random one.
+func (k *Kicker[Args]) WithTaskID(id string) *Kicker[Args] {
+	c := *k
+	c.taskID = id
+	return &c
+}
+
+// WithDelay returns a kicker whose task is delivered no earlier than d after
+// the kick (the delay label).
+func (k *Kicker[Args]) WithDelay(d time.Duration) *Kicker[Args] {
+	return k.WithLabels(broker.Labels{broker.LabelDelay: d})
+}
+
+// Handle refers to a kicked task.
+type Handle struct {
+	taskID string
+}
+
+// TaskID returns the id of the sent task.
+func (h *Handle) TaskID() string { return h.taskID }
+
+// Kiq sends the task with args. The error wraps the cause, so errors.Is and
+// errors.As reach a middleware's error (a duplicate, say), a label error
+// (broker.ErrBadLabel) or the broker's.
+func (k *Kicker[Args]) Kiq(ctx context.Context, args Args) (*Handle, error) {
+	msg, err := k.Message(args)
+	if err != nil {
+		return nil, err
+	}
+	t := k.target
+	if err := t.Chain().Send(ctx, msg, t.Broker.Kick); err != nil {
+		return nil, fmt.Errorf("kiq: kick %s: %w", t.Name, err)
+	}
+	return &Handle{taskID: msg.TaskID}, nil
+}
+
+// Message builds the message Kiq would send for args, without sending it.
+func (k *Kicker[Args]) Message(args Args) (*broker.Message, error) {
+	t := k.target
+	labels, err := t.Labels.Merge(k.labels)
+	if err != nil {
+		return nil, fmt.Errorf("kiq: kick %s: %w", t.Name, err)
+	}
+	raw, err := t.Broker.Formatter().EncodeArgs(args)
+	if err != nil {
+		return nil, fmt.Errorf("kiq: kick %s: %w", t.Name, err)
+	}
+	id := k.taskID
+	if id == "" {
+		id = broker.NewTaskID()
+	}
+	return &broker.Message{
+		TaskID:     id,
+		TaskName:   t.Name,
+		Labels:     labels,
+		Args:       raw,
+		EnqueuedAt: time.Now().UnixMilli(),
+	}, nil
+}

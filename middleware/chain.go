@@ -1,0 +1,124 @@
+package middleware
+
+import (
+	"context"
+
+	"github.com/kiq-go/kiq/broker"
+)
+
+// Chain runs the hooks of a fixed list of middlewares in onion order (see
+// the package documentation). It is built once, when a worker starts or a
+// kicker first sends, and never changes: running it takes no lock. A Chain
+// is safe for concurrent use.
+type Chain struct {
+	preSend   []PreSender
+	postSend  []PostSender
+	sendError []SendErrorHandler
+	sendIndex []int // for each PreSender, the number of SendErrorHandlers registered before it
+	preExec   []PreExecutor
+	onError   []ErrorHandler
+	postExec  []PostExecutor
+	postSave  []PostSaver
+	retriers  []Retrier
+}
+
+// NewChain returns the chain of mws, in registration order.
+func NewChain(mws []broker.Middleware) *Chain {
+	c := &Chain{}
+	for _, mw := range mws {
+		if h, ok := mw.(PreSender); ok {
+			c.preSend = append(c.preSend, h)
+			// OnSendError runs for every middleware registered up to this
+			// one, including itself once its PreSend succeeded.
+			c.sendIndex = append(c.sendIndex, len(c.sendError))
+		}
+		if h, ok := mw.(SendErrorHandler); ok {
+			c.sendError = append(c.sendError, h)
+		}
+		if h, ok := mw.(PostSender); ok {
+			c.postSend = append(c.postSend, h)
+		}
+		if h, ok := mw.(PreExecutor); ok {
+			c.preExec = append(c.preExec, h)
+		}
+		if h, ok := mw.(ErrorHandler); ok {
+			c.onError = append(c.onError, h)
+		}
+		if h, ok := mw.(PostExecutor); ok {
+			c.postExec = append(c.postExec, h)
+		}
+		if h, ok := mw.(PostSaver); ok {
+			c.postSave = append(c.postSave, h)
+		}
+		if h, ok := mw.(Retrier); ok {
+			c.retriers = append(c.retriers, h)
+		}
+	}
+	return c
+}
+
+// Send runs the PreSend hooks, then send, then PostSend or OnSendError, and
+// returns the first error.
+func (c *Chain) Send(ctx context.Context, msg *broker.Message, send func(context.Context, *broker.Message) error) error {
+	for i, h := range c.preSend {
+		if err := h.PreSend(ctx, msg); err != nil {
+			// Middlewares registered before the failing one, whose PreSend
+			// succeeded or who have none, hear of the failure.
+			c.sendFailed(ctx, msg, err, c.sendIndex[i])
+			return err
+		}
+	}
+	if err := send(ctx, msg); err != nil {
+		c.sendFailed(ctx, msg, err, len(c.sendError))
+		return err
+	}
+	for i := len(c.postSend) - 1; i >= 0; i-- {
+		c.postSend[i].PostSend(ctx, msg)
+	}
+	return nil
+}
+
+func (c *Chain) sendFailed(ctx context.Context, msg *broker.Message, err error, n int) {
+	for i := n - 1; i >= 0; i-- {
+		c.sendError[i].OnSendError(ctx, msg, err)
+	}
+}
+
+// Execute runs the PreExecute hooks, then run (unless a hook failed), then
+// decides a retry for a failure, then the OnError and PostExecute hooks, and
+// returns the result.
+func (c *Chain) Execute(ctx context.Context, msg *broker.Message, run func(context.Context) (any, error)) *Result {
+	res := &Result{}
+	var err error
+	for _, h := range c.preExec {
+		if ctx, err = h.PreExecute(ctx, msg); err != nil {
+			res.Err = err
+			break
+		}
+	}
+	if res.Err == nil {
+		res.Value, res.Err = run(ctx)
+	}
+	if res.Err != nil {
+		for _, r := range c.retriers {
+			if delay, retry := r.RetryDelay(msg, res.Err); retry {
+				res.Retry, res.RetryDelay = true, delay
+				break
+			}
+		}
+		for i := len(c.onError) - 1; i >= 0; i-- {
+			c.onError[i].OnError(ctx, msg, res)
+		}
+	}
+	for i := len(c.postExec) - 1; i >= 0; i-- {
+		c.postExec[i].PostExecute(ctx, msg, res)
+	}
+	return res
+}
+
+// PostSave runs the PostSave hooks.
+func (c *Chain) PostSave(ctx context.Context, msg *broker.Message, res *Result) {
+	for i := len(c.postSave) - 1; i >= 0; i-- {
+		c.postSave[i].PostSave(ctx, msg, res)
+	}
+}
