@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -127,7 +128,6 @@ func (msgpackFormatter) EncodeMessage(m *Message) ([]byte, error) {
 func newDecoder(b []byte) *msgpack.Decoder {
 	d := msgpack.NewDecoder(bytes.NewReader(b))
 	d.UseLooseInterfaceDecoding(true)
-	d.SetMapDecoder(func(d *msgpack.Decoder) (any, error) { return d.DecodeUntypedMap() })
 	return d
 }
 
@@ -159,4 +159,18 @@ func (msgpackFormatter) DecodeArgs(b []byte, v any) error {
 		return fmt.Errorf("%w: arguments: %v", ErrMalformed, err)
 	}
 	return nil
+}
+
+// TaskLocator is implemented by brokers that can tell whether a task still
+// exists in a queue: pending, in flight, scheduled or awaiting a retry. The
+// deduplication middleware uses it to take over locks of vanished tasks.
+type TaskLocator interface {
+	TaskExists(ctx context.Context, queue, taskID string) (bool, error)
+}
+
+// Redeliverer is implemented by brokers that redeliver the tasks of a
+// crashed consumer: RedeliveryTimeout bounds how long after the crash that
+// happens.
+type Redeliverer interface {
+	RedeliveryTimeout() time.Duration
 }

@@ -54,6 +54,8 @@ var (
 // Main runs the tests, stops every server started, and fails the run when
 // goroutines leaked. Extra goleak options name goroutines to ignore.
 func Main(m *testing.M, opts ...goleak.Option) {
+	// go-redis logs every failed dial; outage tests cause many on purpose.
+	redis.SetLogger(quietLogger{})
 	code := m.Run()
 	allMu.Lock()
 	for _, s := range all {
@@ -249,3 +251,8 @@ func (s *Server) Revive(tb testing.TB) {
 		tb.Fatalf("redistest: revive: %v", err)
 	}
 }
+
+// quietLogger drops go-redis's internal log lines.
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}

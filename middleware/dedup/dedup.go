@@ -1,0 +1,461 @@
+// Package dedup is the Redis deduplication middleware: a task whose
+// fingerprint (or explicit key) is locked is not sent again, and Kiq returns
+// a *DuplicateTaskError instead. It mirrors Python's taskiq-deduplication
+// (same labels, options, defaults and lock keys) and goes past it: the lock
+// is taken in the broker's enqueue script where lock and queue share a Redis,
+// released at once when a send fails, kept across retries, extended by a
+// heartbeat while the task runs, and taken over when its holder no longer
+// exists.
+//
+// See docs/deduplication.md for the guarantees and their limits.
+package dedup
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kiq-go/kiq/broker"
+	"github.com/kiq-go/kiq/middleware"
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed lua/acquire.lua
+	acquireLua string
+	//go:embed lua/takeover.lua
+	takeoverLua string
+	//go:embed lua/extend.lua
+	extendLua string
+	//go:embed lua/own.lua
+	ownLua string
+	//go:embed lua/release.lua
+	releaseLua string
+
+	acquireScript  = redis.NewScript(acquireLua)
+	takeoverScript = redis.NewScript(takeoverLua)
+	extendScript   = redis.NewScript(extendLua)
+	ownScript      = redis.NewScript(ownLua)
+	releaseScript  = redis.NewScript(releaseLua)
+)
+
+// LabelLock is the label the middleware sets on a message it locked: the
+// lock's key, so the worker side finds the lock without fingerprinting
+// again.
+const LabelLock = "deduplication_lock"
+
+// Middleware is the Redis deduplication middleware (Taskiq's
+// RedisDeduplicationMiddleware). Make one with New and register it with the
+// broker's WithMiddlewares. It is safe for concurrent use.
+type Middleware struct {
+	middleware.Base
+
+	cfg        config
+	client     redis.UniversalClient
+	ownsClient bool
+	log        *slog.Logger
+	stats      counters
+
+	mu      sync.Mutex
+	brokers []broker.Broker
+	atomic  bool                  // every broker takes the lock in its enqueue script
+	running map[string]*heldLock  // lock key -> lock of a running task
+	stop    context.CancelFunc    // stops the heartbeat
+	done    chan struct{}         // closed when the heartbeat ended
+}
+
+type heldLock struct {
+	taskID string
+	ttl    time.Duration
+}
+
+// New returns the middleware, connected (lazily: no I/O happens here) to the
+// Redis at url, or to the client given WithClient. A malformed URL is an
+// error; the error never contains the URL's password.
+func New(url string, opts ...Option) (*Middleware, error) {
+	cfg := defaults()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.defaultTTL <= 0 {
+		return nil, fmt.Errorf("kiq: dedup: default TTL must be positive, got %v", cfg.defaultTTL)
+	}
+	if cfg.graceTTL <= 0 {
+		return nil, fmt.Errorf("kiq: dedup: grace TTL must be positive, got %v", cfg.graceTTL)
+	}
+	if cfg.startupRetries < 0 || cfg.startupDelay < 0 {
+		return nil, fmt.Errorf("kiq: dedup: startup retries and delay must not be negative")
+	}
+	m := &Middleware{cfg: cfg, log: cfg.logger, running: make(map[string]*heldLock)}
+	if m.log == nil {
+		m.log = slog.Default()
+	}
+	if cfg.client != nil {
+		m.client = cfg.client
+		return m, nil
+	}
+	ropts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("kiq: dedup: bad Redis URL: %w", redactedError(err, url))
+	}
+	m.client, m.ownsClient = redis.NewClient(ropts), true
+	return m, nil
+}
+
+// Client returns the Redis client holding the locks.
+func (m *Middleware) Client() redis.UniversalClient { return m.client }
+
+// SetBroker is called by the broker's WithMiddlewares. Where every broker the
+// middleware is registered on can take the lock in its enqueue script, locks
+// are taken that way (one round trip, atomic with the send); otherwise with
+// the grace TTL before the send.
+func (m *Middleware) SetBroker(b broker.Broker) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.brokers = append(m.brokers, b)
+	m.atomic = true
+	for _, b := range m.brokers {
+		if lb, ok := b.(broker.LockingBroker); !ok || !lb.LocksAtomically(m.client) {
+			m.atomic = false
+		}
+	}
+}
+
+func (m *Middleware) firstBroker() broker.Broker {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.brokers) == 0 {
+		return nil
+	}
+	return m.brokers[0]
+}
+
+func (m *Middleware) formatter() broker.Formatter {
+	if b := m.firstBroker(); b != nil {
+		return b.Formatter()
+	}
+	return broker.Msgpack
+}
+
+func (m *Middleware) defaultQueue() string {
+	if b, ok := m.firstBroker().(interface{ QueueName() string }); ok {
+		return b.QueueName()
+	}
+	return broker.DefaultQueue
+}
+
+func (m *Middleware) lockAtomically() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.atomic
+}
+
+// ttl returns the lock TTL of msg: its deduplication_ttl label or the
+// default.
+func (m *Middleware) ttl(msg *broker.Message) time.Duration {
+	if d, ok := msg.Labels.Duration(broker.LabelDeduplicationTTL); ok && d > 0 {
+		return d
+	}
+	return m.cfg.defaultTTL
+}
+
+// duplicate logs the rejection and returns its error.
+func (m *Middleware) duplicate(msg *broker.Message, key, holder string) error {
+	m.stats.duplicates.Add(1)
+	m.log.Warn("kiq: duplicate task not sent",
+		slog.String("task_name", msg.TaskName), slog.String("key", key), slog.String("holder_task_id", holder))
+	return &DuplicateTaskError{TaskName: msg.TaskName, Key: key, HolderTaskID: holder}
+}
+
+// PreSend takes the task's lock, or has the broker take it in its enqueue
+// script. A held lock is a *DuplicateTaskError.
+func (m *Middleware) PreSend(ctx context.Context, msg *broker.Message) error {
+	key, on, err := m.lockKey(msg)
+	if err != nil || !on {
+		return err
+	}
+	if msg.Labels == nil {
+		msg.Labels = broker.Labels{}
+	}
+	msg.Labels[LabelLock] = key
+	ttl := m.ttl(msg)
+	if m.lockAtomically() {
+		msg.Lock = &broker.Lock{
+			Client: m.client,
+			Key:    key,
+			TTL:    ttl,
+			Held:   func(holder string) error { return m.duplicate(msg, key, holder) },
+		}
+		m.stats.taken.Add(1) // counted back by OnSendError if the send fails
+		return nil
+	}
+	return m.acquire(ctx, msg, key)
+}
+
+// acquire takes the lock with the grace TTL before the send; PostSend
+// extends it to the full TTL.
+func (m *Middleware) acquire(ctx context.Context, msg *broker.Message, key string) error {
+	res, err := acquireScript.Run(ctx, m.client, []string{key}, msg.TaskID, m.cfg.graceTTL.Milliseconds()).Slice()
+	if err != nil {
+		return m.acquireFailed(msg, key, err)
+	}
+	if res[0].(int64) == 1 {
+		m.stats.taken.Add(1)
+		return nil
+	}
+	holder, _ := res[1].(string)
+	if m.holderGone(ctx, msg, holder) {
+		ok, err := takeoverScript.Run(ctx, m.client, []string{key}, holder, msg.TaskID, m.cfg.graceTTL.Milliseconds()).Int()
+		if err != nil {
+			return m.acquireFailed(msg, key, err)
+		}
+		if ok == 1 {
+			m.stats.taken.Add(1)
+			m.stats.takenOver.Add(1)
+			m.log.Warn("kiq: took over a deduplication lock whose holder no longer exists",
+				slog.String("task_name", msg.TaskName), slog.String("key", key), slog.String("stale_holder_task_id", holder))
+			return nil
+		}
+	}
+	delete(msg.Labels, LabelLock)
+	return m.duplicate(msg, key, holder)
+}
+
+// holderGone reports whether the broker knows for sure that the holder task
+// exists nowhere in msg's queue.
+func (m *Middleware) holderGone(ctx context.Context, msg *broker.Message, holder string) bool {
+	b, ok := m.firstBroker().(broker.TaskLocator)
+	if !ok || holder == "" {
+		return false
+	}
+	exists, err := b.TaskExists(ctx, msg.Queue(m.defaultQueue()), holder)
+	return err == nil && !exists
+}
+
+func (m *Middleware) acquireFailed(msg *broker.Message, key string, err error) error {
+	m.stats.errors.Add(1)
+	delete(msg.Labels, LabelLock)
+	if m.cfg.failOpen {
+		m.log.Warn("kiq: deduplication lock not taken, sending unlocked (fail-open)",
+			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.Any("error", err))
+		return nil
+	}
+	return fmt.Errorf("kiq: dedup: take lock %s: %w", key, err)
+}
+
+// PostSend extends a lock taken with the grace TTL to the full TTL.
+func (m *Middleware) PostSend(ctx context.Context, msg *broker.Message) {
+	key, ok := msg.Labels.String(LabelLock)
+	if !ok || msg.Lock != nil {
+		return
+	}
+	if err := extendScript.Run(ctx, m.client, []string{key}, msg.TaskID, m.ttl(msg).Milliseconds()).Err(); err != nil {
+		m.stats.errors.Add(1)
+		m.log.Warn("kiq: could not extend a deduplication lock after the send; it expires with the grace TTL",
+			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.Any("error", err))
+	}
+}
+
+// OnSendError releases the lock at once when the send failed. A lock the
+// broker was to take in its enqueue script is left alone: the script either
+// did not run, or ran and queued the task.
+func (m *Middleware) OnSendError(ctx context.Context, msg *broker.Message, err error) {
+	key, ok := msg.Labels.String(LabelLock)
+	if !ok {
+		return
+	}
+	if msg.Lock != nil {
+		m.stats.taken.Add(-1)
+		return
+	}
+	m.release(ctx, msg.TaskName, key, msg.TaskID)
+}
+
+func (m *Middleware) release(ctx context.Context, taskName, key, taskID string) {
+	n, err := releaseScript.Run(context.WithoutCancel(ctx), m.client, []string{key}, taskID).Int()
+	if err != nil {
+		m.stats.errors.Add(1)
+		m.log.Warn("kiq: could not release a deduplication lock; it expires with its TTL",
+			slog.String("task_name", taskName), slog.String("key", key), slog.Any("error", err))
+		return
+	}
+	if n == 1 {
+		m.stats.released.Add(1)
+	}
+}
+
+// runningTTL is the TTL of a running task's lock: its own TTL, but long
+// enough that the heartbeat renews it in time and that it outlives the
+// broker's redelivery of a crashed worker's tasks, so no duplicate gets in
+// while the task is still owed.
+func (m *Middleware) runningTTL(msg *broker.Message) time.Duration {
+	ttl := m.ttl(msg)
+	if m.cfg.heartbeat {
+		ttl = max(ttl, 3*m.heartbeatInterval())
+	}
+	if r, ok := m.firstBroker().(broker.Redeliverer); ok {
+		ttl = max(ttl, r.RedeliveryTimeout()+m.heartbeatInterval())
+	}
+	return ttl
+}
+
+func (m *Middleware) heartbeatInterval() time.Duration {
+	if m.cfg.heartbeatInterval > 0 {
+		return m.cfg.heartbeatInterval
+	}
+	return max(m.cfg.defaultTTL/3, time.Second)
+}
+
+// PreExecute makes sure the task holds its lock while it runs: a lock that
+// expired (a crashed worker's task delivered again) is taken again, and the
+// heartbeat keeps it. A lock held by another task is logged, and the task
+// runs anyway: a delivered task is never dropped.
+func (m *Middleware) PreExecute(ctx context.Context, msg *broker.Message) (context.Context, error) {
+	key, ok := msg.Labels.String(LabelLock)
+	if !ok {
+		return ctx, nil
+	}
+	ttl := m.runningTTL(msg)
+	res, err := ownScript.Run(ctx, m.client, []string{key}, msg.TaskID, ttl.Milliseconds()).Slice()
+	switch {
+	case err != nil:
+		m.stats.errors.Add(1)
+		m.log.Warn("kiq: could not check a deduplication lock before the task; running it",
+			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.Any("error", err))
+	case res[0].(int64) == 2:
+		m.stats.taken.Add(1)
+		m.log.Info("kiq: deduplication lock taken again by a redelivered task",
+			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.String("task_id", msg.TaskID))
+	case res[0].(int64) == 0:
+		holder, _ := res[1].(string)
+		m.log.Warn("kiq: deduplication lock held by another task while this one runs",
+			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.String("holder_task_id", holder))
+		return ctx, nil
+	}
+	if m.cfg.heartbeat {
+		m.mu.Lock()
+		m.running[key] = &heldLock{taskID: msg.TaskID, ttl: ttl}
+		m.mu.Unlock()
+	}
+	return ctx, nil
+}
+
+// PostExecute releases the lock when the task completed or finally failed.
+// A task that will be retried keeps its lock, extended to cover the retry's
+// delay.
+func (m *Middleware) PostExecute(ctx context.Context, msg *broker.Message, res *middleware.Result) {
+	key, ok := msg.Labels.String(LabelLock)
+	if !ok {
+		return
+	}
+	m.mu.Lock()
+	if h := m.running[key]; h != nil && h.taskID == msg.TaskID {
+		delete(m.running, key)
+	}
+	m.mu.Unlock()
+	if res.Err != nil && res.Retry {
+		ttl := res.RetryDelay + m.runningTTL(msg)
+		if err := extendScript.Run(context.WithoutCancel(ctx), m.client, []string{key}, msg.TaskID, ttl.Milliseconds()).Err(); err != nil {
+			m.stats.errors.Add(1)
+			m.log.Warn("kiq: could not keep a deduplication lock for a retry",
+				slog.String("task_name", msg.TaskName), slog.String("key", key), slog.Any("error", err))
+		}
+		return
+	}
+	m.release(ctx, msg.TaskName, key, msg.TaskID)
+}
+
+// Startup pings Redis, retrying with exponential backoff, warns when Redis
+// may evict lock keys, and starts the heartbeat.
+func (m *Middleware) Startup(ctx context.Context) error {
+	delay := m.cfg.startupDelay
+	var err error
+	for attempt := 0; ; attempt++ {
+		if err = m.client.Ping(ctx).Err(); err == nil {
+			break
+		}
+		if attempt >= m.cfg.startupRetries {
+			return fmt.Errorf("kiq: dedup: Redis unreachable after %d attempts: %w", attempt+1, err)
+		}
+		m.log.Warn("kiq: dedup: Redis ping failed, retrying", slog.Duration("in", delay), slog.Any("error", err))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
+	m.checkEviction(ctx)
+	if m.cfg.heartbeat {
+		m.startHeartbeat()
+	}
+	return nil
+}
+
+// checkEviction warns when Redis's maxmemory-policy could evict lock keys.
+// Every lock key has a TTL, so volatile-* policies may evict them as well
+// as allkeys-* ones: only noeviction is safe.
+func (m *Middleware) checkEviction(ctx context.Context) {
+	cfg, err := m.client.ConfigGet(ctx, "maxmemory-policy").Result()
+	if err != nil {
+		m.log.Debug("kiq: dedup: cannot read maxmemory-policy", slog.Any("error", err))
+		return
+	}
+	if policy := cfg["maxmemory-policy"]; policy != "" && policy != "noeviction" {
+		m.log.Warn("kiq: dedup: Redis may evict deduplication locks under memory pressure, letting duplicates through; set maxmemory-policy noeviction",
+			slog.String("maxmemory-policy", policy))
+	}
+}
+
+// Shutdown stops the heartbeat and closes the Redis client if New opened it.
+func (m *Middleware) Shutdown(ctx context.Context) error {
+	m.mu.Lock()
+	stop, done := m.stop, m.done
+	m.stop, m.done = nil, nil
+	m.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+	if m.ownsClient {
+		return m.client.Close()
+	}
+	return nil
+}
+
+// Stats are the middleware's counters since it was made.
+type Stats struct {
+	// LocksTaken counts locks taken: at send, and again by redelivered tasks.
+	LocksTaken int64
+	// Duplicates counts tasks rejected as duplicates.
+	Duplicates int64
+	// LocksReleased counts locks released by their owner.
+	LocksReleased int64
+	// LocksTakenOver counts locks taken from a holder that no longer existed.
+	LocksTakenOver int64
+	// HeartbeatsLost counts running tasks whose lock was found gone or held
+	// by another task when the heartbeat came to extend it.
+	HeartbeatsLost int64
+	// RedisErrors counts Redis errors the middleware met.
+	RedisErrors int64
+}
+
+type counters struct {
+	taken, duplicates, released, takenOver, heartbeatsLost, errors atomic.Int64
+}
+
+// Stats returns the current counters.
+func (m *Middleware) Stats() Stats {
+	return Stats{
+		LocksTaken:     m.stats.taken.Load(),
+		Duplicates:     m.stats.duplicates.Load(),
+		LocksReleased:  m.stats.released.Load(),
+		LocksTakenOver: m.stats.takenOver.Load(),
+		HeartbeatsLost: m.stats.heartbeatsLost.Load(),
+		RedisErrors:    m.stats.errors.Load(),
+	}
+}
