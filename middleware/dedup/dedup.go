@@ -98,9 +98,9 @@ func New(url string, opts ...Option) (*Middleware, error) {
 		m.client = cfg.client
 		return m, nil
 	}
-	ropts, err := redis.ParseURL(url)
+	ropts, err := broker.ParseRedisURL(url)
 	if err != nil {
-		return nil, fmt.Errorf("kiq: dedup: bad Redis URL: %w", redactedError(err, url))
+		return nil, fmt.Errorf("kiq: dedup: %w", err)
 	}
 	m.client, m.ownsClient = redis.NewClient(ropts), true
 	return m, nil

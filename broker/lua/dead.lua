@@ -1,0 +1,15 @@
+-- dead: settle a task by moving it to the dead-letter list.
+-- KEYS[1]  P:{q}:wip:<consumer>
+-- KEYS[2]  P:{q}:msg
+-- KEYS[3]  P:{q}:dead   list of encoded dead letters, newest first
+-- ARGV[1]  task id
+-- ARGV[2]  encoded dead letter
+-- ARGV[3]  most dead letters kept
+-- Returns  1, or 0 when the task was no longer in flight (nothing done).
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[3], ARGV[2])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
+return 1

@@ -1,0 +1,10 @@
+-- heartbeat: push a consumer's deadline forward and list the consumers whose
+-- deadline has passed.
+-- KEYS[1]  P:{q}:consumers
+-- ARGV[1]  the consumer's id
+-- ARGV[2]  heartbeat TTL in ms
+-- Returns  the ids of dead consumers.
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)

@@ -1,0 +1,255 @@
+// Package cli is the command line of a Kiq worker: the taskworker binary is
+// one call to Main, and a program with its own tasks gets the same flags and
+// operator commands the same way:
+//
+//	func main() {
+//		cli.Main(cli.App{Setup: func(ctx context.Context, b *broker.ListQueue) error {
+//			tasks.Register(b) // task.Define(b, ...) for each task
+//			return nil
+//		}})
+//	}
+//
+// Commands:
+//
+//	run (the default)   consume and run tasks until SIGINT/SIGTERM
+//	locks list          list deduplication locks with holder and TTL
+//	locks release KEY   release one lock, whoever holds it
+//
+// Without --redis-url, the worker runs on an embedded, in-process Redis
+// (miniredis), so a first run needs nothing installed.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/kiq-go/kiq/broker"
+	"github.com/kiq-go/kiq/worker"
+)
+
+// App describes a worker program.
+type App struct {
+	// Name is the program's name in usage text. Default: os.Args[0]'s base.
+	Name string
+	// Setup registers the program's tasks and middlewares on the broker the
+	// command line built. It runs before every command.
+	Setup func(ctx context.Context, b *broker.ListQueue) error
+	// Demo, when set, runs beside the worker on the embedded Redis only (no
+	// --redis-url): a producer that shows the worker at work. It must return
+	// when ctx ends.
+	Demo func(ctx context.Context, b *broker.ListQueue) error
+}
+
+// Main runs the command line in os.Args and exits with its status.
+func Main(app App) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := app.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// flags are the options every command shares.
+type flags struct {
+	redisURL        string
+	queues          string
+	keyPrefix       string
+	dedupPrefix     string
+	concurrency     int
+	prefetch        int
+	shutdownTimeout time.Duration
+	logLevel        string
+	logFormat       string
+	progress        time.Duration
+	jsonOut         bool
+}
+
+func (f *flags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.redisURL, "redis-url", os.Getenv("KIQ_REDIS_URL"), "Redis to consume (env KIQ_REDIS_URL); empty: an embedded in-process Redis")
+	fs.StringVar(&f.queues, "queues", broker.DefaultQueue, "comma-separated queues to consume")
+	fs.StringVar(&f.keyPrefix, "key-prefix", "kiq", "prefix of the broker's Redis keys")
+	fs.StringVar(&f.dedupPrefix, "dedup-prefix", "taskiq:deduplication", "prefix of deduplication lock keys")
+	fs.IntVar(&f.concurrency, "concurrency", 16, "tasks run at once")
+	fs.IntVar(&f.prefetch, "prefetch", 0, "most tasks held at once, running or waiting (0: twice the concurrency)")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to wait for running tasks on shutdown")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fs.DurationVar(&f.progress, "progress", time.Second, "how often to print the progress line (0: never)")
+	fs.BoolVar(&f.jsonOut, "json", false, "operator commands: print JSON instead of a table")
+}
+
+func (f *flags) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return nil, fmt.Errorf("bad --log-level %q: want debug, info, warn or error", f.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch f.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("bad --log-format %q: want text or json", f.logFormat)
+}
+
+func (f *flags) queueList() []string {
+	var out []string
+	for _, q := range strings.Split(f.queues, ",") {
+		if q = strings.TrimSpace(q); q != "" {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+// Run runs the command line args (without the program name) and returns the
+// exit status: 0 for success, 1 for a failure, 2 for bad usage. Output goes
+// to stdout, logs and errors to stderr.
+func (app App) Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	name := app.Name
+	if name == "" {
+		name = "taskworker"
+	}
+	cmd := "run"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var sub string
+	if cmd == "locks" {
+		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+			fmt.Fprintf(stderr, "%s locks: want a subcommand: list or release KEY\n", name)
+			return 2
+		}
+		sub, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet(name+" "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f flags
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := f.logger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 2
+	}
+	// The command line owns the process: middlewares and tasks that log
+	// to the default logger follow --log-level and --log-format too.
+	slog.SetDefault(log)
+	var run func(context.Context, *broker.ListQueue) error
+	switch cmd {
+	case "run":
+		run = func(ctx context.Context, b *broker.ListQueue) error { return app.runWorker(ctx, b, &f, log, stderr) }
+	case "locks":
+		run = func(ctx context.Context, b *broker.ListQueue) error {
+			return locksCommand(ctx, b, &f, sub, fs.Args(), stdout)
+		}
+	default:
+		fmt.Fprintf(stderr, "%s: unknown command %q (want run or locks)\n", name, cmd)
+		return 2
+	}
+	if err := app.withBroker(ctx, &f, log, run); err != nil {
+		var usage usageError
+		if errors.As(err, &usage) {
+			fmt.Fprintf(stderr, "%s %s: %v\n", name, cmd, err)
+			return 2
+		}
+		fmt.Fprintf(stderr, "%s %s: %v\n", name, cmd, err)
+		return 1
+	}
+	return 0
+}
+
+// usageError is an error in how a command was called (exit status 2).
+type usageError struct{ error }
+
+// withBroker builds the broker of the flags, embedded or real, runs Setup,
+// then fn, then shuts the broker down.
+func (app App) withBroker(ctx context.Context, f *flags, log *slog.Logger, fn func(context.Context, *broker.ListQueue) error) error {
+	url := f.redisURL
+	embedded := url == ""
+	if embedded {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.Start(); err != nil {
+			return fmt.Errorf("start the embedded Redis: %w", err)
+		}
+		defer mr.Close()
+		url = "redis://" + mr.Addr()
+		log.Info("kiq: no --redis-url: running on an embedded in-process Redis; tasks live only as long as this process")
+	}
+	b, err := broker.NewListQueue(url, broker.WithKeyPrefix(f.keyPrefix), broker.WithQueueName(f.queueList()[0]), broker.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer b.Shutdown(context.WithoutCancel(ctx))
+	if app.Setup != nil {
+		if err := app.Setup(ctx, b); err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+	}
+	if embedded && app.Demo != nil {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := app.Demo(ctx, b); err != nil && ctx.Err() == nil {
+				log.Error("kiq: demo producer stopped", slog.Any("error", err))
+			}
+		}()
+		defer func() { cancel(); <-done }()
+	}
+	return fn(ctx, b)
+}
+
+func (app App) runWorker(ctx context.Context, b *broker.ListQueue, f *flags, log *slog.Logger, stderr io.Writer) error {
+	if len(f.queueList()) == 0 {
+		return usageError{errors.New("--queues names no queue")}
+	}
+	w := worker.New(b, worker.Options{
+		Concurrency:     f.concurrency,
+		Prefetch:        f.prefetch,
+		Queues:          f.queueList(),
+		ShutdownTimeout: f.shutdownTimeout,
+		Logger:          log,
+	})
+	log.Info("kiq: worker started", slog.Any("queues", f.queueList()), slog.Int("concurrency", f.concurrency),
+		slog.Any("tasks", b.Registry().Names()))
+	if f.progress > 0 {
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); progress(ctx, w, f.progress, stderr) }()
+		defer func() { cancel(); <-done }()
+	}
+	return w.Run(ctx)
+}
+
+// progress prints a line with the worker's counters every interval.
+func progress(ctx context.Context, w *worker.Worker, every time.Duration, out io.Writer) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	last, lastAt := w.Stats(), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s := w.Stats()
+			rate := float64(s.Done+s.Failed-last.Done-last.Failed) / now.Sub(lastAt).Seconds()
+			fmt.Fprintf(out, "kiq: done=%d failed=%d retried=%d dead=%d running=%d rate=%.0f/s\n",
+				s.Done, s.Failed, s.Retried, s.DeadLettered, s.Running, rate)
+			last, lastAt = s, now
+		}
+	}
+}
