@@ -19,8 +19,9 @@ type InMemory struct {
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever a queue gains work
-	queues  map[string]*memQueue
-	now     func() time.Time
+	queues    map[string]*memQueue
+	consumers map[*memConsumer]struct{}
+	now       func() time.Time
 }
 
 type memQueue struct {
@@ -53,8 +54,9 @@ func NewInMemory() *InMemory {
 	return &InMemory{
 		base:    base{formatter: Msgpack},
 		changed: make(chan struct{}),
-		queues:  make(map[string]*memQueue),
-		now:     time.Now,
+		queues:    make(map[string]*memQueue),
+		consumers: make(map[*memConsumer]struct{}),
+		now:       time.Now,
 	}
 }
 
@@ -118,20 +120,36 @@ func (b *InMemory) queue(name string) *memQueue {
 	return q
 }
 
-// Len returns the number of messages waiting on queue, scheduled ones
-// included.
-func (b *InMemory) Len(queue string) int {
+// Stats counts the tasks of queue by state.
+func (b *InMemory) Stats(ctx context.Context, queue string) (QueueStats, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	q := b.queue(queue)
-	return len(q.ready) + len(q.scheduled)
+	s := QueueStats{Queue: queue, Pending: int64(len(q.ready)), Scheduled: int64(len(q.scheduled)), Dead: int64(len(q.dead))}
+	for c := range b.consumers {
+		c.mu.Lock()
+		for d := range c.held {
+			if d.Queue == queue {
+				s.InFlight++
+			}
+		}
+		c.mu.Unlock()
+		s.Consumers++
+	}
+	return s, nil
 }
 
-// DeadLetters returns a copy of queue's dead-letter list, oldest first.
-func (b *InMemory) DeadLetters(queue string) []DeadLetter {
+// DeadLetters returns up to limit dead letters of queue, newest first,
+// skipping offset.
+func (b *InMemory) DeadLetters(ctx context.Context, queue string, offset, limit int) ([]DeadLetter, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return slices.Clone(b.queue(queue).dead)
+	dead := b.queue(queue).dead
+	var out []DeadLetter
+	for i := len(dead) - 1 - offset; i >= 0 && len(out) < limit; i-- {
+		out = append(out, dead[i])
+	}
+	return out, nil
 }
 
 // Consume opens a consumer of opts.Queues.
@@ -140,7 +158,11 @@ func (b *InMemory) Consume(ctx context.Context, opts ConsumeOptions) (Consumer, 
 	if len(queues) == 0 {
 		queues = []string{DefaultQueue}
 	}
-	return &memConsumer{b: b, queues: slices.Clone(queues), held: make(map[*Delivery]struct{})}, nil
+	c := &memConsumer{b: b, queues: slices.Clone(queues), held: make(map[*Delivery]struct{})}
+	b.mu.Lock()
+	b.consumers[c] = struct{}{}
+	b.mu.Unlock()
+	return c, nil
 }
 
 type memConsumer struct {
@@ -293,6 +315,7 @@ func (c *memConsumer) Close(ctx context.Context) error {
 		return nil
 	}
 	c.closed = true
+	delete(c.b.consumers, c)
 	held := make([]*Delivery, 0, len(c.held))
 	for d := range c.held {
 		held = append(held, d)

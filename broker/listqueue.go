@@ -187,6 +187,9 @@ func (b *ListQueue) WithMiddlewares(mws ...Middleware) *ListQueue {
 // Client returns the broker's Redis client.
 func (b *ListQueue) Client() redis.UniversalClient { return b.client }
 
+// KeyPrefix returns the prefix of the broker's keys.
+func (b *ListQueue) KeyPrefix() string { return b.prefix }
+
 // QueueName returns the default queue.
 func (b *ListQueue) QueueName() string { return b.queue }
 
