@@ -28,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,11 +168,11 @@ func ParseRedisURL(rawURL string) (*redis.Options, error) {
 	if err == nil {
 		return opts, nil
 	}
+	// Hide the user info (user:password) wherever the message repeats it,
+	// even when the URL is too malformed to parse.
 	msg := err.Error()
-	if u, perr := url.Parse(rawURL); perr == nil && u.User != nil {
-		if pw, ok := u.User.Password(); ok && pw != "" {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
-		}
+	if i, j := strings.Index(rawURL, "://"), strings.LastIndex(rawURL, "@"); i >= 0 && j > i+3 {
+		msg = strings.ReplaceAll(msg, rawURL[i+3:j], "xxxxx")
 	}
 	return nil, fmt.Errorf("kiq: bad Redis URL: %s", msg)
 }
