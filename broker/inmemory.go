@@ -17,8 +17,8 @@ import (
 type InMemory struct {
 	base
 
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced whenever a queue gains work
+	mu        sync.Mutex
+	changed   chan struct{} // closed and replaced whenever a queue gains work
 	queues    map[string]*memQueue
 	consumers map[*memConsumer]struct{}
 	now       func() time.Time
@@ -52,8 +52,8 @@ type DeadLetter struct {
 // NewInMemory returns an empty in-memory broker using the msgpack formatter.
 func NewInMemory() *InMemory {
 	return &InMemory{
-		base:    base{formatter: Msgpack},
-		changed: make(chan struct{}),
+		base:      base{formatter: Msgpack},
+		changed:   make(chan struct{}),
 		queues:    make(map[string]*memQueue),
 		consumers: make(map[*memConsumer]struct{}),
 		now:       time.Now,

@@ -62,10 +62,10 @@ type Middleware struct {
 
 	mu      sync.Mutex
 	brokers []broker.Broker
-	atomic  bool                  // every broker takes the lock in its enqueue script
-	running map[string]*heldLock  // lock key -> lock of a running task
-	stop    context.CancelFunc    // stops the heartbeat
-	done    chan struct{}         // closed when the heartbeat ended
+	atomic  bool                 // every broker takes the lock in its enqueue script
+	running map[string]*heldLock // lock key -> lock of a running task
+	stop    context.CancelFunc   // stops the heartbeat
+	done    chan struct{}        // closed when the heartbeat ended
 }
 
 type heldLock struct {
