@@ -342,8 +342,7 @@ func (r *run) execLoop() {
 				return
 			default:
 			}
-			r.execute(d)
-			<-r.slots
+			r.execute(d) // frees d's slot once it is settled
 		}
 	}
 }
@@ -400,6 +399,7 @@ func (r *run) execute(d *broker.Delivery) {
 		next.Attempt++
 		next.Lock = nil
 		r.settle("retry", func(ctx context.Context) error { return r.consumer.Retry(ctx, d, &next, res.RetryDelay) })
+		<-r.slots
 	default:
 		w.stats.failed.Add(1)
 		reason := res.Err.Error()
@@ -429,6 +429,7 @@ func (r *run) deadLetter(d *broker.Delivery, reason string) {
 	r.w.log.Warn("kiq: task moved to the dead-letter list", slog.String("queue", d.Queue), slog.String("task_id", d.ID),
 		slog.String("task_name", name), slog.String("reason", reason))
 	r.settle("dead-letter", func(ctx context.Context) error { return r.consumer.DeadLetter(ctx, d, reason) })
+	<-r.slots
 }
 
 // settle retries a settling call with backoff until it succeeds or the
@@ -487,6 +488,9 @@ func (a *acker) loop(r *run) {
 		a.mu.Unlock()
 		if len(batch) > 0 {
 			r.settle("ack", func(ctx context.Context) error { return r.consumer.Ack(ctx, batch...) })
+			for range batch {
+				<-r.slots
+			}
 		}
 		if closed {
 			a.mu.Lock()
