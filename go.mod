@@ -1,6 +1,6 @@
 module github.com/kiq-go/kiq
 
-go 1.26.0
+go 1.26
 
 require (
 	github.com/alicebob/miniredis/v2 v2.40.0
@@ -8,7 +8,6 @@ require (
 	github.com/stretchr/testify v1.12.1
 	github.com/vmihailenco/msgpack/v5 v5.4.1
 	go.uber.org/goleak v1.3.0
-	golang.org/x/sync v0.24.0
 	pgregory.net/rapid v1.3.0
 )
 
