@@ -36,8 +36,10 @@ const (
 	LabelDelay     = "delay"      // seconds: deliver no earlier than this
 	LabelResultTTL = "result_ttl" // seconds: how long a result is kept
 
-	LabelRetryOnError = "retry_on_error" // bool: retry when the task returns an error
-	LabelMaxRetries   = "max_retries"    // int: attempts after the first
+	LabelRetryOnError     = "retry_on_error"     // bool: retry when the task returns an error
+	LabelMaxRetries       = "max_retries"        // int: attempts after the first
+	LabelRetryBackoffBase = "retry_backoff_base" // seconds: the first retry's backoff bound
+	LabelRetryBackoffCap  = "retry_backoff_cap"  // seconds: the largest backoff bound
 
 	LabelDeduplication          = "deduplication"            // bool: false opts out
 	LabelDeduplicationTTL       = "deduplication_ttl"        // seconds: lock TTL
@@ -54,6 +56,8 @@ var LabelKinds = map[string]LabelKind{
 	LabelResultTTL:              KindSeconds,
 	LabelRetryOnError:           KindBool,
 	LabelMaxRetries:             KindInt,
+	LabelRetryBackoffBase:       KindSeconds,
+	LabelRetryBackoffCap:        KindSeconds,
 	LabelDeduplication:          KindBool,
 	LabelDeduplicationTTL:       KindSeconds,
 	LabelDeduplicationKey:       KindString,

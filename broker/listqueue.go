@@ -458,7 +458,10 @@ func (c *lqConsumer) Fetch(ctx context.Context, limit int) ([]*Delivery, error) 
 			return nil, fmt.Errorf("kiq: fetch: %w", err)
 		}
 		ds, _, err := c.take(ctx, q, limit, []string{id})
-		return ds, err
+		if err != nil || len(ds) > 0 {
+			return ds, err
+		}
+		// A wake-up for a newly scheduled task: block again, until its time.
 	}
 }
 

@@ -263,3 +263,27 @@ func BenchmarkFetchAck(b *testing.B) {
 	}
 	b.ReportMetric(float64(batch), "tasks/op")
 }
+
+func TestScheduledTaskWakesABlockedConsumerOnTime(t *testing.T) {
+	b := newListQueue(t)
+	ctx := context.Background()
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	defer c.Close(ctx)
+	got := make(chan time.Time, 1)
+	go func() {
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if ds, err := c.Fetch(fctx, 1); err == nil && len(ds) == 1 {
+			got <- time.Now()
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // the consumer is blocked, for up to a second
+	kicked := time.Now()
+	require.NoError(t, b.Kick(ctx, &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80},
+		Labels: broker.Labels{broker.LabelDelay: 0.2}}))
+	at := <-got
+	late := at.Sub(kicked) - 200*time.Millisecond
+	require.GreaterOrEqual(t, late, -5*time.Millisecond, "not early")
+	require.Less(t, late, 100*time.Millisecond, "not a blocked second late")
+}

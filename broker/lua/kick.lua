@@ -31,6 +31,11 @@ local delay = tonumber(ARGV[3])
 if delay > 0 then
   local t = redis.call('TIME')
   redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + delay, ARGV[1])
+  -- Now the earliest scheduled task: wake a consumer blocked in BLMOVE with
+  -- an empty id (take drops it), so it sleeps until this one's due time.
+  if redis.call('ZRANGE', KEYS[3], 0, 0)[1] == ARGV[1] then
+    redis.call('RPUSH', KEYS[2], '')
+  end
 else
   redis.call('LPUSH', KEYS[2], ARGV[1])
 end

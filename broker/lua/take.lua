@@ -29,12 +29,12 @@ while #ids < max do
 end
 local out = {}
 for _, id in ipairs(ids) do
-  local m = redis.call('HGET', KEYS[3], id)
+  local m = id ~= '' and redis.call('HGET', KEYS[3], id)
   if m then
     out[#out + 1] = id
     out[#out + 1] = m
   else
-    redis.call('LREM', KEYS[2], 1, id) -- a queued id without a message: drop it
+    redis.call('LREM', KEYS[2], 1, id) -- a wake-up, or an id without a message: drop it
   end
 end
 local wait = -1
