@@ -12,6 +12,7 @@ import (
 type base struct {
 	registry  Registry
 	formatter Formatter
+	results   ResultBackend
 
 	mu          sync.Mutex
 	middlewares []Middleware
@@ -20,6 +21,9 @@ type base struct {
 
 func (b *base) Registry() *Registry  { return &b.registry }
 func (b *base) Formatter() Formatter { return b.formatter }
+
+// ResultBackend returns the broker's result backend, or nil.
+func (b *base) ResultBackend() ResultBackend { return b.results }
 
 func (b *base) Middlewares() []Middleware {
 	b.mu.Lock()
@@ -71,5 +75,10 @@ func (b *base) shutdown(ctx context.Context) error {
 		}
 	}
 	b.started = false
+	if b.results != nil {
+		if err := b.results.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("kiq: close result backend: %w", err))
+		}
+	}
 	return errors.Join(errs...)
 }

@@ -112,9 +112,9 @@ type Registry struct {
 // Handler runs one task from its message. task.Define registers one per
 // task; the worker calls it.
 type Handler interface {
-	// Handle decodes msg's arguments and runs the task, returning its result.
+	// Execute decodes msg's arguments and runs the task, returning its result.
 	// An error wrapping ErrMalformed means the arguments did not decode.
-	Handle(ctx context.Context, msg *Message) (any, error)
+	Execute(ctx context.Context, msg *Message) (any, error)
 }
 
 // ErrDuplicateTaskName is returned when a second task is registered under a

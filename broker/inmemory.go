@@ -60,6 +60,13 @@ func NewInMemory() *InMemory {
 	}
 }
 
+// WithResultBackend sets where the worker stores results and Wait reads
+// them, and returns b. Shutdown closes it.
+func (b *InMemory) WithResultBackend(rb ResultBackend) *InMemory {
+	b.results = rb
+	return b
+}
+
 // WithMiddlewares registers middlewares, in order, and returns b.
 func (b *InMemory) WithMiddlewares(mws ...Middleware) *InMemory {
 	b.addMiddlewares(b, mws)

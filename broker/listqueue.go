@@ -177,6 +177,13 @@ func ParseRedisURL(rawURL string) (*redis.Options, error) {
 	return nil, fmt.Errorf("kiq: bad Redis URL: %s", msg)
 }
 
+// WithResultBackend sets where the worker stores results and Wait reads
+// them, and returns b. Shutdown closes it.
+func (b *ListQueue) WithResultBackend(rb ResultBackend) *ListQueue {
+	b.results = rb
+	return b
+}
+
 // WithMiddlewares registers middlewares, in order, and returns b.
 func (b *ListQueue) WithMiddlewares(mws ...Middleware) *ListQueue {
 	b.addMiddlewares(b, mws)

@@ -123,9 +123,9 @@ func (t *Task[Args]) Kiq(ctx context.Context, args Args) (*kicker.Handle, error)
 	return t.Kicker().Kiq(ctx, args)
 }
 
-// Handle decodes msg's arguments and runs the task. It implements
+// Execute decodes msg's arguments and runs the task. It implements
 // broker.Handler for the worker.
-func (t *Task[Args]) Handle(ctx context.Context, msg *broker.Message) (any, error) {
+func (t *Task[Args]) Execute(ctx context.Context, msg *broker.Message) (any, error) {
 	var args Args
 	if err := t.target.Broker.Formatter().DecodeArgs(msg.Args, &args); err != nil {
 		return nil, fmt.Errorf("kiq: task %s: %w", t.target.Name, err)

@@ -94,7 +94,7 @@ func TestHandleRunsTheFunctionWithDecodedArgs(t *testing.T) {
 	require.NoError(t, err)
 	h, ok := b.Registry().Lookup("t")
 	require.True(t, ok)
-	_, err = h.Handle(context.Background(), msg)
+	_, err = h.Execute(context.Background(), msg)
 	require.NoError(t, err)
 	require.Equal(t, 7, got.UserID)
 	require.Equal(t, "fr", got.Locale)
@@ -105,7 +105,7 @@ func TestHandleReportsWrongArgumentTypes(t *testing.T) {
 	tk := task.Define(b, "t", func(ctx context.Context, a WelcomeArgs) error { return nil })
 	raw, err := b.Formatter().EncodeArgs(map[string]any{"user_id": "not a number"})
 	require.NoError(t, err)
-	_, err = tk.Handle(context.Background(), &broker.Message{TaskID: "x", TaskName: "t", Args: raw})
+	_, err = tk.Execute(context.Background(), &broker.Message{TaskID: "x", TaskName: "t", Args: raw})
 	require.ErrorIs(t, err, broker.ErrMalformed)
 }
 
@@ -114,7 +114,7 @@ func TestDefineResultReturnsTheValue(t *testing.T) {
 	tk := task.DefineResult(b, "add", func(ctx context.Context, a [2]int) (int, error) { return a[0] + a[1], nil })
 	msg, err := tk.Kicker().Message([2]int{2, 3})
 	require.NoError(t, err)
-	v, err := tk.Handle(context.Background(), msg)
+	v, err := tk.Execute(context.Background(), msg)
 	require.NoError(t, err)
 	require.Equal(t, 5, v)
 }

@@ -210,6 +210,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		stopped:  make(chan struct{}),
 		acks:     newAcker(),
 	}
+	if h, ok := w.b.(broker.ResultHolder); ok {
+		r.results = h.ResultBackend()
+	}
 	r.taskCtx, r.cancelTasks = context.WithCancel(context.WithoutCancel(ctx))
 	defer r.cancelTasks()
 	return r.run(takeCtx)
@@ -221,6 +224,7 @@ type run struct {
 	consumer broker.Consumer
 	chain    *middleware.Chain
 	registry *broker.Registry
+	results  broker.ResultBackend // nil: no results are stored
 
 	slots   chan struct{}         // one token per delivery held
 	work    chan *broker.Delivery // fetched, not started
@@ -387,6 +391,9 @@ func (r *run) execute(d *broker.Delivery) {
 	res := r.chain.Execute(ctx, msg, func(ctx context.Context) (any, error) { return call(ctx, h, msg) })
 	res.Duration = time.Since(start)
 	w.stats.running.Add(-1)
+	if res.Err == nil || !res.Retry {
+		r.saveResult(msg, res)
+	}
 
 	switch {
 	case res.Err == nil:
@@ -410,6 +417,48 @@ func (r *run) execute(d *broker.Delivery) {
 	}
 }
 
+// saveResult stores the final outcome of msg in the broker's result
+// backend, if it has one, then runs the PostSave hooks. A storage error is
+// logged: the task itself is done.
+func (r *run) saveResult(msg *broker.Message, res *middleware.Result) {
+	if r.results == nil {
+		return
+	}
+	tr := &broker.TaskResult{TaskID: msg.TaskID, TaskName: msg.TaskName, Attempt: msg.Attempt,
+		Duration: res.Duration, FinishedAt: time.Now()}
+	if res.Err != nil {
+		tr.Error, tr.ErrorKind = res.Err.Error(), errorKind(res.Err)
+	} else if res.Value != nil {
+		raw, err := r.w.b.Formatter().EncodeArgs(res.Value)
+		if err != nil {
+			tr.Error, tr.ErrorKind = err.Error(), "error"
+		}
+		tr.Value = raw
+	}
+	ttl, _ := msg.Labels.Duration(broker.LabelResultTTL)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.taskCtx), 5*time.Second)
+	defer cancel()
+	if err := r.results.Store(ctx, tr, ttl); err != nil {
+		r.w.log.Warn("kiq: could not store a task's result", slog.String("task_id", msg.TaskID), slog.Any("error", err))
+		return
+	}
+	r.chain.PostSave(ctx, msg, res)
+}
+
+// errorKind classifies a task's error for its stored result.
+func errorKind(err error) string {
+	var pe *PanicError
+	switch {
+	case errors.As(err, &pe):
+		return "panic"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, broker.ErrMalformed):
+		return "bad_arguments"
+	}
+	return "error"
+}
+
 // call runs the handler, turning a panic into a *PanicError.
 func call(ctx context.Context, h broker.Handler, msg *broker.Message) (v any, err error) {
 	defer func() {
@@ -417,7 +466,7 @@ func call(ctx context.Context, h broker.Handler, msg *broker.Message) (v any, er
 			err = &PanicError{Value: p, Stack: debug.Stack()}
 		}
 	}()
-	return h.Handle(ctx, msg)
+	return h.Execute(ctx, msg)
 }
 
 func (r *run) deadLetter(d *broker.Delivery, reason string) {

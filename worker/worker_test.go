@@ -383,3 +383,7 @@ func BenchmarkExecute(b *testing.B) {
 	cancel()
 	<-stopped
 }
+
+func newQuietWorker(b broker.Broker) *worker.Worker {
+	return worker.New(b, worker.Options{Logger: quiet})
+}
