@@ -308,9 +308,11 @@ func (b *ListQueue) Stats(ctx context.Context, queue string) (QueueStats, error)
 		return s, fmt.Errorf("kiq: stats: %w", err)
 	}
 	var pending, scheduled, dead *redis.IntCmd
+	var head *redis.StringCmd
 	wip := make([]*redis.IntCmd, len(consumers))
 	_, err = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		pending = p.LLen(ctx, b.key(queue, "pending"))
+		head = p.LIndex(ctx, b.key(queue, "pending"), -1)
 		scheduled = p.ZCard(ctx, b.key(queue, "scheduled"))
 		dead = p.LLen(ctx, b.key(queue, "dead"))
 		for i, c := range consumers {
@@ -318,10 +320,13 @@ func (b *ListQueue) Stats(ctx context.Context, queue string) (QueueStats, error)
 		}
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return s, fmt.Errorf("kiq: stats: %w", err)
 	}
 	s.Pending, s.Scheduled, s.Dead, s.Consumers = pending.Val(), scheduled.Val(), dead.Val(), int64(len(consumers))
+	if head.Err() == nil && head.Val() == "" {
+		s.Pending-- // a wake-up token (see kick.lua), not a task
+	}
 	for _, c := range wip {
 		s.InFlight += c.Val()
 	}

@@ -33,8 +33,9 @@ if delay > 0 then
   redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + delay, ARGV[1])
   -- Now the earliest scheduled task: wake a consumer blocked in BLMOVE with
   -- an empty id (take drops it), so it sleeps until this one's due time.
+  -- One such token at the head of pending is enough.
   if redis.call('ZRANGE', KEYS[3], 0, 0)[1] == ARGV[1] then
-    redis.call('RPUSH', KEYS[2], '')
+    if redis.call('LINDEX', KEYS[2], -1) ~= '' then redis.call('RPUSH', KEYS[2], '') end
   end
 else
   redis.call('LPUSH', KEYS[2], ARGV[1])

@@ -16,7 +16,7 @@ if delay > 0 then
   local t = redis.call('TIME')
   redis.call('ZADD', KEYS[4], t[1] * 1000 + math.floor(t[2] / 1000) + delay, ARGV[1])
   if redis.call('ZRANGE', KEYS[4], 0, 0)[1] == ARGV[1] then
-    redis.call('RPUSH', KEYS[3], '') -- wake a blocked consumer (see kick.lua)
+    if redis.call('LINDEX', KEYS[3], -1) ~= '' then redis.call('RPUSH', KEYS[3], '') end -- wake a blocked consumer (see kick.lua)
   end
 else
   redis.call('LPUSH', KEYS[3], ARGV[1])

@@ -9,11 +9,20 @@
 //		}})
 //	}
 //
-// Commands:
+// Commands (flags go after the command, before its arguments):
 //
-//	run (the default)   consume and run tasks until SIGINT/SIGTERM
-//	locks list          list deduplication locks with holder and TTL
-//	locks release KEY   release one lock, whoever holds it
+//	run (the default)       consume and run tasks until SIGINT/SIGTERM
+//	queues                  each queue's pending, in-flight, scheduled and dead counts
+//	dead list               the dead letters of --queue, newest first
+//	dead show ID            one dead letter, with its message
+//	dead requeue ID|--all   put dead letters back on their queue, attempts reset
+//	dead purge              delete the dead letters of --queue
+//	tasks show ID           where a task is: pending, scheduled, in flight, dead or done
+//	locks list              deduplication locks with holder and TTL
+//	locks release KEY       release one lock, whoever holds it
+//
+// Operator commands print an aligned table, or JSON with --json; errors go
+// to stderr with exit status 1, usage errors 2.
 //
 // Without --redis-url, the worker runs on an embedded, in-process Redis
 // (miniredis), so a first run needs nothing installed.
@@ -28,6 +37,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -71,6 +81,7 @@ type flags struct {
 	logFormat       string
 	progress        time.Duration
 	jsonOut         bool
+	queue           string
 }
 
 func (f *flags) register(fs *flag.FlagSet) {
@@ -85,6 +96,7 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&f.progress, "progress", time.Second, "how often to print the progress line (0: never)")
 	fs.BoolVar(&f.jsonOut, "json", false, "operator commands: print JSON instead of a table")
+	fs.StringVar(&f.queue, "queue", broker.DefaultQueue, "operator commands: the queue of dead letters and tasks")
 }
 
 func (f *flags) logger(w io.Writer) (*slog.Logger, error) {
@@ -120,19 +132,23 @@ func (app App) Run(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if name == "" {
 		name = "taskworker"
 	}
-	cmd := "run"
+	cmd, sub := "run", ""
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
 	}
-	var sub string
-	if cmd == "locks" {
-		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-			fmt.Fprintf(stderr, "%s locks: want a subcommand: list or release KEY\n", name)
+	subs, known := commands[cmd]
+	if !known {
+		fmt.Fprintf(stderr, "%s: unknown command %q (want %s)\n", name, cmd, commandNames())
+		return 2
+	}
+	if len(subs) > 0 {
+		if len(args) == 0 || strings.HasPrefix(args[0], "-") || !slices.Contains(subs, args[0]) {
+			fmt.Fprintf(stderr, "%s %s: want a subcommand: %s\n", name, cmd, strings.Join(subs, ", "))
 			return 2
 		}
 		sub, args = args[0], args[1:]
 	}
-	fs := flag.NewFlagSet(name+" "+cmd, flag.ContinueOnError)
+	fs := flag.NewFlagSet(strings.TrimSpace(name+" "+cmd+" "+sub), flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f flags
 	f.register(fs)
@@ -147,17 +163,11 @@ func (app App) Run(ctx context.Context, args []string, stdout, stderr io.Writer)
 	// The command line owns the process: middlewares and tasks that log
 	// to the default logger follow --log-level and --log-format too.
 	slog.SetDefault(log)
-	var run func(context.Context, *broker.ListQueue) error
-	switch cmd {
-	case "run":
-		run = func(ctx context.Context, b *broker.ListQueue) error { return app.runWorker(ctx, b, &f, log, stderr) }
-	case "locks":
-		run = func(ctx context.Context, b *broker.ListQueue) error {
-			return locksCommand(ctx, b, &f, sub, fs.Args(), stdout)
+	run := func(ctx context.Context, b *broker.ListQueue) error {
+		if cmd == "run" {
+			return app.runWorker(ctx, b, &f, log, stderr)
 		}
-	default:
-		fmt.Fprintf(stderr, "%s: unknown command %q (want run or locks)\n", name, cmd)
-		return 2
+		return operate(ctx, b, &f, cmd, sub, fs.Args(), stdout)
 	}
 	if err := app.withBroker(ctx, &f, log, run); err != nil {
 		var usage usageError
@@ -170,9 +180,6 @@ func (app App) Run(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	return 0
 }
-
-// usageError is an error in how a command was called (exit status 2).
-type usageError struct{ error }
 
 // withBroker builds the broker of the flags, embedded or real, runs Setup,
 // then fn, then shuts the broker down.

@@ -132,7 +132,7 @@ func TestLocksCommands(t *testing.T) {
 
 	out.Reset()
 	require.Equal(t, 0, app.Run(ctx, append(append([]string{"locks", "release"}, url...), prefix+":abc"), &out, &errOut))
-	require.Equal(t, "released "+prefix+":abc\n", out.String())
+	require.Equal(t, "released  "+prefix+":abc\n", out.String())
 	require.Zero(t, client.Exists(ctx, prefix+":abc").Val())
 
 	errOut.Reset()

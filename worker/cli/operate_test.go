@@ -1,0 +1,127 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kiq-go/kiq/broker"
+	"github.com/kiq-go/kiq/internal/redistest"
+	"github.com/kiq-go/kiq/worker/cli"
+	"github.com/stretchr/testify/require"
+)
+
+// opsFixture fills a private prefix with a pending task, a scheduled one, a
+// dead letter and a task on a second queue, and returns a runner of
+// operator commands against it.
+func opsFixture(t *testing.T) (run func(args ...string) (int, string, string), dead *broker.Message, pending *broker.Message) {
+	srv := redistest.Shared(t)
+	prefix := redistest.Prefix(t)
+	b, err := broker.NewListQueue(srv.URL(), broker.WithKeyPrefix(prefix))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+	ctx := context.Background()
+	args, err := b.Formatter().EncodeArgs(map[string]any{"user_id": 42})
+	require.NoError(t, err)
+	kick := func(name string, labels broker.Labels) *broker.Message {
+		m := &broker.Message{TaskID: broker.NewTaskID(), TaskName: name, Labels: labels, Args: args}
+		require.NoError(t, b.Kick(ctx, m))
+		return m
+	}
+	dead = kick("doomed", nil)
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	ds, err := c.Fetch(ctx, 1)
+	require.NoError(t, err)
+	require.NoError(t, c.DeadLetter(ctx, ds[0], "exploded\nbadly"))
+	require.NoError(t, c.Close(ctx))
+	pending = kick("waiting", broker.Labels{"team": "growth"})
+	kick("later", broker.Labels{broker.LabelDelay: 3600})
+	kick("mail", broker.Labels{broker.LabelQueue: "emails"})
+
+	app := cli.App{}
+	run = func(args ...string) (int, string, string) {
+		var out, errOut bytes.Buffer
+		full := append(args[:len(args):len(args)], "--redis-url", srv.URL(), "--key-prefix", prefix)
+		// Flags go before positional arguments: move a trailing id after them.
+		if n := len(args); n > 0 && !strings.HasPrefix(args[n-1], "-") && (args[0] == "dead" || args[0] == "tasks") && n >= 3 {
+			full = append(append(args[:n-1:n-1], "--redis-url", srv.URL(), "--key-prefix", prefix), args[n-1])
+		}
+		code := app.Run(context.Background(), full, &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+	return run, dead, pending
+}
+
+func TestQueuesCommand(t *testing.T) {
+	run, _, _ := opsFixture(t)
+	code, out, errOut := run("queues")
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `QUEUE\s+PENDING\s+IN FLIGHT\s+SCHEDULED\s+DEAD\s+CONSUMERS\n`+
+		`emails\s+1\s+0\s+0\s+0\s+0\n`+
+		`taskiq\s+1\s+0\s+1\s+1\s+0\n`, out)
+
+	code, out, _ = run("queues", "--json")
+	require.Equal(t, 0, code)
+	var stats []broker.QueueStats
+	require.NoError(t, json.Unmarshal([]byte(out), &stats))
+	require.Len(t, stats, 2)
+}
+
+func TestDeadCommands(t *testing.T) {
+	run, dead, _ := opsFixture(t)
+	code, out, errOut := run("dead", "list")
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `TASK ID\s+TASK\s+ATTEMPT\s+AT\s+REASON\n`+dead.TaskID+`\s+doomed\s+0\s+\S+\s+exploded badly\n`, out)
+
+	code, out, _ = run("dead", "show", dead.TaskID)
+	require.Equal(t, 0, code)
+	require.Contains(t, out, `{"user_id":42}`)
+	require.Contains(t, out, "exploded\nbadly")
+
+	code, out, _ = run("dead", "show", "--json", dead.TaskID)
+	require.Equal(t, 0, code)
+	var shown map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &shown))
+	require.Equal(t, "doomed", shown["task_name"])
+
+	code, _, errOut = run("dead", "show", "nope")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "not found")
+
+	code, out, _ = run("dead", "requeue", dead.TaskID)
+	require.Equal(t, 0, code)
+	require.Regexp(t, `requeued\s+1`, out)
+	code, out, _ = run("tasks", "show", dead.TaskID)
+	require.Equal(t, 0, code)
+	require.Regexp(t, `STATE\s+pending`, out)
+
+	code, out, _ = run("dead", "purge")
+	require.Equal(t, 0, code)
+	require.Regexp(t, `purged\s+0`, out)
+	code, _, errOut = run("dead", "requeue")
+	require.Equal(t, 2, code, errOut)
+}
+
+func TestTasksShow(t *testing.T) {
+	run, dead, pending := opsFixture(t)
+	code, out, errOut := run("tasks", "show", pending.TaskID)
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `STATE\s+pending\n`, out)
+	require.Regexp(t, `LABELS\s+\{"team":"growth"\}`, out)
+
+	code, out, _ = run("tasks", "show", "--json", dead.TaskID)
+	require.Equal(t, 0, code)
+	var v map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &v))
+	require.Equal(t, "dead", v["state"])
+	require.Equal(t, "exploded\nbadly", v["reason"])
+
+	code, _, errOut = run("tasks", "show", "nope")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "not found")
+	_ = time.Second
+}
