@@ -41,6 +41,7 @@ type Kicker[Args any] struct {
 	target *Target
 	labels broker.Labels
 	taskID string
+	eta    time.Time
 }
 
 // New returns a kicker of t.
@@ -74,6 +75,14 @@ func (k *Kicker[Args]) WithDelay(d time.Duration) *Kicker[Args] {
 	return k.WithLabels(broker.Labels{broker.LabelDelay: d})
 }
 
+// WithETA returns a kicker whose task is delivered no earlier than t (the
+// delay label, computed when Kiq is called). A time in the past means now.
+func (k *Kicker[Args]) WithETA(t time.Time) *Kicker[Args] {
+	c := *k
+	c.eta = t
+	return &c
+}
+
 // Handle refers to a kicked task.
 type Handle struct {
 	taskID string
@@ -100,7 +109,15 @@ func (k *Kicker[Args]) Kiq(ctx context.Context, args Args) (*Handle, error) {
 // Message builds the message Kiq would send for args, without sending it.
 func (k *Kicker[Args]) Message(args Args) (*broker.Message, error) {
 	t := k.target
-	labels, err := t.Labels.Merge(k.labels)
+	call := k.labels
+	if !k.eta.IsZero() {
+		call = maps.Clone(call)
+		if call == nil {
+			call = broker.Labels{}
+		}
+		call[broker.LabelDelay] = max(time.Until(k.eta), 0)
+	}
+	labels, err := t.Labels.Merge(call)
 	if err != nil {
 		return nil, fmt.Errorf("kiq: kick %s: %w", t.Name, err)
 	}
