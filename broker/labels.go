@@ -151,7 +151,7 @@ func NormalizeLabel(key string, v any) (any, error) {
 	case KindStrings:
 		switch x := v.(type) {
 		case []string:
-			return append([]string(nil), x...), nil
+			return append(make([]string, 0, len(x)), x...), nil
 		case string:
 			if strings.TrimSpace(x) == "" {
 				return []string{}, nil

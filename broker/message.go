@@ -112,9 +112,7 @@ var Msgpack Formatter = msgpackFormatter{}
 
 type msgpackFormatter struct{}
 
-// maxDecodeLen bounds the declared length of any one msgpack string, binary,
-// array or map, so a small hostile input cannot make the decoder allocate
-// gigabytes.
+// maxDecodeLen bounds the size of a message the formatter decodes.
 const maxDecodeLen = 64 << 20
 
 func (msgpackFormatter) EncodeMessage(m *Message) ([]byte, error) {
@@ -134,6 +132,9 @@ func newDecoder(b []byte) *msgpack.Decoder {
 func (msgpackFormatter) DecodeMessage(b []byte) (*Message, error) {
 	if len(b) > maxDecodeLen {
 		return nil, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
+	}
+	if err := checkMsgpack(b); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	var m Message
 	d := newDecoder(b)
@@ -155,6 +156,9 @@ func (msgpackFormatter) EncodeArgs(v any) ([]byte, error) {
 }
 
 func (msgpackFormatter) DecodeArgs(b []byte, v any) error {
+	if err := checkMsgpack(b); err != nil {
+		return fmt.Errorf("%w: arguments: %v", ErrMalformed, err)
+	}
 	if err := newDecoder(b).Decode(v); err != nil {
 		return fmt.Errorf("%w: arguments: %v", ErrMalformed, err)
 	}

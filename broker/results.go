@@ -117,6 +117,9 @@ func (r *RedisResults) Get(ctx context.Context, taskID string) (*TaskResult, err
 		return nil, fmt.Errorf("kiq: get result: %w", err)
 	}
 	var res TaskResult
+	if err := checkMsgpack(raw); err != nil {
+		return nil, fmt.Errorf("%w: result: %v", ErrMalformed, err)
+	}
 	if err := msgpack.Unmarshal(raw, &res); err != nil {
 		return nil, fmt.Errorf("%w: result: %v", ErrMalformed, err)
 	}
