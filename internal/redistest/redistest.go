@@ -85,9 +85,9 @@ func Shared(tb testing.TB) *Server {
 
 // Start returns a server of the test's own, stopped when the test ends: for
 // tests that restart, pause or break their Redis.
-func Start(tb testing.TB) *Server {
+func Start(tb testing.TB, extraArgs ...string) *Server {
 	tb.Helper()
-	s, err := start()
+	s, err := start(extraArgs...)
 	if err != nil {
 		tb.Fatalf("redistest: %v", err)
 	}
@@ -101,9 +101,12 @@ func Real() bool {
 	return err == nil
 }
 
-func start() (*Server, error) {
+func start(extraArgs ...string) (*Server, error) {
 	s := &Server{}
 	if !Real() {
+		if len(extraArgs) > 0 {
+			return nil, fmt.Errorf("redis-server not found: miniredis cannot take %v", extraArgs)
+		}
 		if os.Getenv("CI") != "" {
 			return nil, fmt.Errorf("redis-server not found, and CI refuses the miniredis fallback")
 		}
@@ -132,6 +135,8 @@ func start() (*Server, error) {
 		"--unixsocket", "", "--daemonize", "no", "--loglevel", "warning",
 		"--logfile", filepath.Join(dir, "redis.log"),
 	}
+	// Later arguments win: extraArgs can turn persistence on, add TLS, ...
+	s.args = append(s.args, extraArgs...)
 	if err := s.launch(); err != nil {
 		return nil, err
 	}
@@ -198,6 +203,9 @@ func (s *Server) stop() {
 		_ = os.RemoveAll(s.dir)
 	}
 }
+
+// Dir returns the server's working directory (its AOF and RDB files).
+func (s *Server) Dir() string { return s.dir }
 
 // Addr returns the server's host:port.
 func (s *Server) Addr() string { return s.addr }
