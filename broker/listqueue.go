@@ -65,6 +65,10 @@ var (
 	heartbeatScript = redis.NewScript(heartbeatLua)
 )
 
+// ErrMessageTooLarge is returned by Kick for a message over the broker's
+// size limit (WithMaxMessageSize).
+var ErrMessageTooLarge = errors.New("kiq: message too large")
+
 // ErrTaskExists is returned by Kick for a task id already queued, scheduled
 // or in flight on the queue.
 var ErrTaskExists = errors.New("kiq: a task with this id exists already")
@@ -83,6 +87,7 @@ type ListQueue struct {
 	hbInterval time.Duration
 	hbTTL      time.Duration
 	deadLimit  int
+	maxSize    int
 	log        *slog.Logger
 }
 
@@ -116,6 +121,11 @@ func WithHeartbeat(interval, ttl time.Duration) ListQueueOption {
 // first. Default 10000.
 func WithDeadLetterLimit(n int) ListQueueOption { return func(b *ListQueue) { b.deadLimit = n } }
 
+// WithMaxMessageSize sets the largest encoded message Kick accepts and a
+// consumer decodes; a larger one found on the queue is dead-lettered
+// unread. Default 8 MiB.
+func WithMaxMessageSize(n int) ListQueueOption { return func(b *ListQueue) { b.maxSize = n } }
+
 // WithLogger sets the logger of background errors (heartbeats, reaping).
 // Default slog.Default().
 func WithLogger(l *slog.Logger) ListQueueOption { return func(b *ListQueue) { b.log = l } }
@@ -132,6 +142,7 @@ func NewListQueue(url string, opts ...ListQueueOption) (*ListQueue, error) {
 		hbInterval: 2 * time.Second,
 		hbTTL:      15 * time.Second,
 		deadLimit:  10000,
+		maxSize:    8 << 20,
 	}
 	for _, o := range opts {
 		o(b)
@@ -141,6 +152,8 @@ func NewListQueue(url string, opts ...ListQueueOption) (*ListQueue, error) {
 		return nil, errors.New("kiq: list queue: empty queue name")
 	case b.hbInterval <= 0 || b.hbTTL <= b.hbInterval:
 		return nil, fmt.Errorf("kiq: list queue: heartbeat TTL (%v) must exceed a positive interval (%v)", b.hbTTL, b.hbInterval)
+	case b.maxSize <= 0:
+		return nil, fmt.Errorf("kiq: list queue: max message size must be positive, got %d", b.maxSize)
 	case b.deadLimit <= 0:
 		return nil, fmt.Errorf("kiq: list queue: dead-letter limit must be positive, got %d", b.deadLimit)
 	case b.formatter == nil:
@@ -252,6 +265,9 @@ func (b *ListQueue) Kick(ctx context.Context, msg *Message) error {
 	raw, err := b.formatter.EncodeMessage(msg)
 	if err != nil {
 		return err
+	}
+	if len(raw) > b.maxSize {
+		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrMessageTooLarge, len(raw), b.maxSize)
 	}
 	q := msg.Queue(b.queue)
 	keys := []string{b.key(q, "msg"), b.key(q, "pending"), b.key(q, "scheduled")}
@@ -503,7 +519,12 @@ func (c *lqConsumer) take(ctx context.Context, q string, limit int, claimed []st
 	for i := 0; i+1 < len(pairs); i += 2 {
 		id, _ := pairs[i].(string)
 		raw, _ := pairs[i+1].(string)
-		d := decodeDelivery(c.b.formatter, q, []byte(raw))
+		var d *Delivery
+		if len(raw) > c.b.maxSize {
+			d = &Delivery{Queue: q, Raw: []byte(raw), Err: fmt.Errorf("%w: %d bytes, the limit is %d", ErrMalformed, len(raw), c.b.maxSize)}
+		} else {
+			d = decodeDelivery(c.b.formatter, q, []byte(raw))
+		}
 		d.ID = id
 		ds = append(ds, d)
 	}

@@ -53,11 +53,12 @@ func TestWorkersKilledUnderLoad(t *testing.T) {
 	// Kick at a steady rate while killing a random worker now and then.
 	killed := 0
 	next := time.Now().Add(200 * time.Millisecond)
-	for n := range tasks {
+	n := 0
+	for ; n < tasks || killed < kills; n++ {
 		_, err := record.Kiq(ctx, RecordArgs{N: n})
 		require.NoError(t, err)
 		if n%10 == 0 {
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond)
 		}
 		if killed < kills && time.Now().After(next) {
 			i := rand.IntN(len(workers))
@@ -67,7 +68,7 @@ func TestWorkersKilledUnderLoad(t *testing.T) {
 			next = time.Now().Add(time.Duration(100+rand.IntN(300)) * time.Millisecond)
 		}
 	}
-	require.Equal(t, kills, killed, "the load lasted long enough for every kill")
+	tasks = n
 
 	// Every task ran at least once, and the queue drains completely.
 	client := b.Client()
