@@ -50,7 +50,7 @@ func TestMalformedSoak(t *testing.T) {
 			return g
 		},
 		func(i int) []byte { return encoded[:1+rand.IntN(len(encoded)-1)] }, // truncated msgpack
-		func(i int) []byte { return []byte{0xdd, 0x7f, 0xff, 0xff, 0xff} },    // huge declared length
+		func(i int) []byte { return []byte{0xdd, 0x7f, 0xff, 0xff, 0xff} },  // huge declared length
 		func(i int) []byte { // wrong argument types
 			m := *goodMsg
 			m.TaskID, m.Args = fmt.Sprint("wrong-", i), wrongArgs
