@@ -248,6 +248,15 @@ func main() {
 		}
 		notes = append(notes, n)
 	}
+	if r, err := srv.goPingRate(ctx, 2*time.Second); err != nil {
+		warnf("go-redis PING loop: %v", err)
+	} else {
+		n := fmt.Sprintf("go-redis PING loop, 1 goroutine, 2 s: %.0f/s", r)
+		if b.singleDedup != nil {
+			n += fmt.Sprintf("; Kiq single-caller dedup enqueue is %.0f%% of it", 100*median(b.singleDedup)/r)
+		}
+		notes = append(notes, n)
+	}
 	notes = append(notes, b.errs...)
 	notes = append(notes, fmt.Sprintf("total bench time %v", time.Since(started).Round(time.Second)))
 
@@ -406,7 +415,11 @@ func (r row) ratio() string {
 	if len(r.kiq) == 0 || len(r.asy) == 0 || median(r.asy) == 0 {
 		return "n/a"
 	}
-	return strconv.FormatFloat(median(r.kiq)/median(r.asy), 'f', 2, 64)
+	q := median(r.kiq) / median(r.asy)
+	if q < 0.1 {
+		return strconv.FormatFloat(q, 'g', 2, 64) // 0.00045, not 0.00
+	}
+	return strconv.FormatFloat(q, 'f', 2, 64)
 }
 
 // text writes the table aligned with tabwriter.

@@ -167,3 +167,23 @@ func (s *server) pingCeiling(n int) (float64, string, error) {
 	}
 	return 0, text, fmt.Errorf("redis-benchmark: no PING rate in %q", text)
 }
+
+// goPingRate returns the rate of back-to-back PINGs from one goroutine on a
+// fresh go-redis client for d: the same round trip as pingCeiling, through
+// the client library both systems use.
+func (s *server) goPingRate(ctx context.Context, d time.Duration) (float64, error) {
+	c := redis.NewClient(s.opts)
+	defer c.Close()
+	if err := c.Ping(ctx).Err(); err != nil {
+		return 0, err
+	}
+	n := 0
+	start := time.Now()
+	for time.Since(start) < d {
+		if err := c.Ping(ctx).Err(); err != nil {
+			return 0, err
+		}
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}

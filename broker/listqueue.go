@@ -33,6 +33,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kiq-go/kiq/internal/batch"
 	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -81,6 +82,7 @@ type ListQueue struct {
 	base
 
 	client     redis.UniversalClient
+	calls      *batch.Pipeline // coalesces concurrent kicks into pipelines
 	ownsClient bool
 	queue      string
 	prefix     string
@@ -171,6 +173,7 @@ func NewListQueue(url string, opts ...ListQueueOption) (*ListQueue, error) {
 		ropts.ContextTimeoutEnabled = true
 		b.client, b.ownsClient = redis.NewClient(ropts), true
 	}
+	b.calls = batch.New(b.client)
 	return b, nil
 }
 
@@ -279,7 +282,7 @@ func (b *ListQueue) Kick(ctx context.Context, msg *Message) error {
 		keys = append(keys, l.Key)
 		args = append(args, max(l.TTL.Milliseconds(), 1))
 	}
-	res, err := kickScript.Run(ctx, b.client, keys, args...).Slice()
+	res, err := b.calls.Script(ctx, kickScript, keys, args...).Slice()
 	if err != nil {
 		return fmt.Errorf("kiq: kick %s: %w", msg.TaskName, err)
 	}

@@ -13,21 +13,27 @@ type GreetArgs struct {
 	Name string `msgpack:"name"`
 }
 
-// Define a task, kick it, and run a worker until the task ran.
+// Define a task, kick it, and run a worker until the task has run. With
+// Redis, only the broker changes: broker.NewListQueue("redis://...").
 func Example() {
 	b := broker.NewInMemory()
 	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
 	greet := task.Define(b, "greet", func(ctx context.Context, a GreetArgs) error {
 		fmt.Println("hello,", a.Name)
-		stop() // the worker drains and returns
+		stop() // the worker stops taking, drains and returns
 		return nil
 	})
 
 	if _, err := greet.Kiq(ctx, GreetArgs{Name: "Kiq"}); err != nil {
 		panic(err)
 	}
-	if err := worker.New(b, worker.Options{Concurrency: 4}).Run(ctx); err != nil {
+	w := worker.New(b, worker.Options{Concurrency: 4})
+	if err := w.Run(ctx); err != nil { // blocks until ctx ends, then drains
 		panic(err)
 	}
-	// Output: hello, Kiq
+	fmt.Println("done:", w.Stats().Done)
+	// Output:
+	// hello, Kiq
+	// done: 1
 }

@@ -13,10 +13,19 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestThousandTasksRunOnceOnRedis(t *testing.T) {
-	b, err := broker.NewListQueue(redistest.Shared(t).URL(), broker.WithKeyPrefix(redistest.Prefix(t)))
+// These tests run the worker against the Redis list broker on a private
+// redis-server (see package redistest).
+
+func newListQueue(t *testing.T, url string, opts ...broker.ListQueueOption) *broker.ListQueue {
+	t.Helper()
+	b, err := broker.NewListQueue(url, append([]broker.ListQueueOption{broker.WithLogger(quiet)}, opts...)...)
 	require.NoError(t, err)
-	defer b.Shutdown(context.Background())
+	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+	return b
+}
+
+func TestThousandTasksRunExactlyOnceOnRedis(t *testing.T) {
+	b := newListQueue(t, redistest.Shared(t).URL(), broker.WithKeyPrefix(redistest.Prefix(t)))
 	var mu sync.Mutex
 	seen := map[int]int{}
 	tk := task.Define(b, "count", func(ctx context.Context, a Args) error {
@@ -25,70 +34,75 @@ func TestThousandTasksRunOnceOnRedis(t *testing.T) {
 		mu.Unlock()
 		return nil
 	})
-	ctx := context.Background()
 	for i := range 1000 {
-		_, err := tk.Kiq(ctx, Args{N: i})
-		require.NoError(t, err)
+		kick(t, tk, i)
 	}
 	w := worker.New(b, worker.Options{Concurrency: 8, Logger: quiet})
 	stop := start(t, w)
-	require.Eventually(t, func() bool { return w.Stats().Done == 1000 }, 20*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return w.Stats().Done == 1000 }, 30*time.Second, 5*time.Millisecond)
 	require.NoError(t, stop())
+	mu.Lock()
 	require.Len(t, seen, 1000)
 	for n, k := range seen {
 		require.Equal(t, 1, k, "task %d", n)
 	}
-	stats, err := b.Stats(ctx, broker.DefaultQueue)
+	mu.Unlock()
+	require.Equal(t, worker.Stats{Done: 1000}, w.Stats())
+	stats, err := b.Stats(context.Background(), broker.DefaultQueue)
 	require.NoError(t, err)
 	require.Equal(t, broker.QueueStats{Queue: broker.DefaultQueue}, stats, "nothing left queued, in flight or registered")
 }
 
-func TestWorkerSurvivesARedisRestart(t *testing.T) {
+func TestWorkerCarriesOnAfterARedisRestart(t *testing.T) {
 	srv := redistest.Start(t)
-	b, err := broker.NewListQueue(srv.URL(), broker.WithLogger(quiet))
-	require.NoError(t, err)
-	defer b.Shutdown(context.Background())
+	b := newListQueue(t, srv.URL())
 	ran := make(chan int, 100)
 	tk := task.Define(b, "t", func(ctx context.Context, a Args) error { ran <- a.N; return nil })
-	w := worker.New(b, worker.Options{ErrorBackoff: 100 * time.Millisecond, Logger: quiet})
+	log, logs := newLogRecorder()
+	w := worker.New(b, worker.Options{ErrorBackoff: 100 * time.Millisecond, Logger: log})
 	start(t, w)
-	ctx := context.Background()
-	_, err = tk.Kiq(ctx, Args{N: 1})
-	require.NoError(t, err)
-	require.Equal(t, 1, <-ran)
+	kick(t, tk, 1)
+	require.Equal(t, 1, recv(t, ran))
+	require.Eventually(t, func() bool {
+		s, err := b.Stats(context.Background(), broker.DefaultQueue)
+		return err == nil && s.InFlight == 0
+	}, 10*time.Second, 5*time.Millisecond, "acknowledged before the outage")
 
 	srv.Kill(t)
-	time.Sleep(300 * time.Millisecond) // the worker meets the outage
+	require.Eventually(t, func() bool { return logs.count("broker call failed") > 0 }, 10*time.Second, 5*time.Millisecond,
+		"the worker logs the outage")
+	time.Sleep(500 * time.Millisecond) // several retries with backoff
 	srv.Revive(t)
+	ctx := context.Background()
 	require.Eventually(t, func() bool {
 		_, err := tk.Kiq(ctx, Args{N: 2})
 		return err == nil
-	}, 5*time.Second, 20*time.Millisecond)
-	select {
-	case n := <-ran:
-		require.Equal(t, 2, n)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the worker did not carry on after Redis came back")
-	}
+	}, 10*time.Second, 20*time.Millisecond)
+	require.Equal(t, 2, recv(t, ran), "the worker carries on after Redis came back")
+	require.Equal(t, 1, logs.count("broker call failed"), "one line for the outage, not one per retry")
+	require.Equal(t, 1, logs.count("broker call failed; retrying with backoff call=fetch"))
+	require.Eventually(t, func() bool { return logs.count("broker call recovered call=fetch") == 1 },
+		5*time.Second, 5*time.Millisecond)
 }
 
 func TestUndecodableMessageOnRedisIsDeadLettered(t *testing.T) {
-	b, err := broker.NewListQueue(redistest.Shared(t).URL(), broker.WithKeyPrefix(redistest.Prefix(t)))
-	require.NoError(t, err)
-	defer b.Shutdown(context.Background())
-	ran := make(chan struct{})
-	tk := task.Define(b, "t", func(ctx context.Context, a Args) error { close(ran); return nil })
+	b := newListQueue(t, redistest.Shared(t).URL(), broker.WithKeyPrefix(redistest.Prefix(t)))
+	ran := make(chan struct{}, 1)
+	tk := task.Define(b, "t", func(ctx context.Context, a Args) error { ran <- struct{}{}; return nil })
 	ctx := context.Background()
+	// What a kick writes, with bytes that are not a message.
 	pending, msgs := b.KeyPrefix()+":{taskiq}:pending", b.KeyPrefix()+":{taskiq}:msg"
 	require.NoError(t, b.Client().HSet(ctx, msgs, "garbage", []byte{0xc1, 0xff}).Err())
 	require.NoError(t, b.Client().LPush(ctx, pending, "garbage").Err())
-	_, err = tk.Kiq(ctx, Args{})
+	kick(t, tk, 0)
+	w := newQuietWorker(b)
+	start(t, w)
+	recv(t, ran)
+	require.Eventually(t, func() bool { return w.Stats().DeadLettered == 1 }, 5*time.Second, 5*time.Millisecond)
+	dls, err := b.DeadLetters(ctx, broker.DefaultQueue, 0, 10)
 	require.NoError(t, err)
-	start(t, worker.New(b, worker.Options{Logger: quiet}))
-	<-ran
-	require.Eventually(t, func() bool {
-		dls, err := b.DeadLetters(ctx, broker.DefaultQueue, 0, 10)
-		return err == nil && len(dls) == 1 && dls[0].TaskID == "garbage" &&
-			string(dls[0].Raw) == "\xc1\xff" && len(dls[0].Reason) > 0
-	}, 2*time.Second, 10*time.Millisecond)
+	require.Len(t, dls, 1)
+	require.Equal(t, "garbage", dls[0].TaskID)
+	require.Equal(t, "\xc1\xff", string(dls[0].Raw))
+	require.Contains(t, dls[0].Reason, "kiq: malformed message")
 }

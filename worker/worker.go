@@ -1,28 +1,69 @@
-// Package worker runs tasks: a Worker takes deliveries from a broker,
+// Package worker runs tasks: a [Worker] takes deliveries from a broker,
 // runs each through the broker's middleware chain and the task's handler,
-// and settles it.
+// and settles it with the broker.
 //
-// The life of a delivery: the fetch loop takes deliveries in batches while
-// fewer than Prefetch are held; one of Concurrency goroutines runs it (the
-// PreExecute hooks, the handler with the task's timeout label as a context
-// deadline and its panic recovered as a *PanicError, then the post hooks);
-// then it is settled:
+// # The life of a delivery
 //
-//   - success: acknowledged, in batches (one broker call for all the
-//     deliveries that finished while the previous call was in flight);
-//   - failure with a retry decided by a middleware (see middleware.Retrier):
-//     sent again by the broker after the retry's delay, same task id, with its
-//     attempt counter raised;
-//   - an undecodable message, an unknown task name, arguments of the wrong
-//     type, or a final failure: moved to the queue's dead-letter list with
-//     the reason. The worker logs it and goes on.
+// The fetch loop takes deliveries in batches, never holding more than
+// Options.Prefetch of them (running, waiting to run, or waiting for their
+// acknowledgement). One of Options.Concurrency goroutines takes each and:
 //
-// Shutdown (the context given to Run ends, or Shutdown is called): the
-// worker stops taking, hands back at once the deliveries it holds but has
-// not started (a hand-back is not a failed attempt), waits up to
-// ShutdownTimeout for running tasks, then cancels their contexts and waits
-// one more second. Tasks still running then are left to the broker, which
-// delivers them again: delivery is at least once.
+//  1. dead-letters it at once when its message did not decode (the reason is
+//     the decoding error) or names a task that is not registered on the
+//     broker (reason `unknown task "name"`);
+//  2. runs it through the middleware chain, frozen when Run started:
+//     PreExecute hooks, the task's handler, the retry decision, OnError and
+//     PostExecute hooks (see package middleware for the order). The handler
+//     runs with the task's timeout label as its context deadline, and a
+//     panic in it (or in a hook) is recovered as a [*PanicError] with the
+//     stack: it is that task's failure, never the worker's crash. The hooks'
+//     context does not carry the deadline, so a PostExecute hook can still
+//     reach Redis after the task timed out;
+//  3. when the outcome is final (a success, or a failure not retried) and
+//     the broker has a result backend (broker.ResultHolder), stores the
+//     result and runs the PostSave hooks;
+//  4. settles it:
+//     - success: acknowledged. Acknowledgements are coalesced: one goroutine
+//     sends, in one broker call, every delivery that finished while the
+//     previous call was in flight — batches as large as the load, with no
+//     timer adding latency;
+//     - a failure that a middleware decided to retry (middleware.Retrier):
+//     sent again by the broker after the retry's delay, the same task id
+//     with its Attempt raised by one;
+//     - any other failure, arguments of the wrong type (broker.ErrMalformed)
+//     included: moved to the queue's dead-letter list with the task's error
+//     text as the reason. The dead-letter list holds every task that
+//     finally failed, so nothing is dropped silently.
+//
+// A failing settle call (Redis down) is retried with backoff; it is never
+// dropped while the worker runs. Failing broker calls are logged once when
+// they start failing, every 30 s while they go on, and once when they
+// recover, never once per retry.
+//
+// # Shutdown
+//
+// When the context given to Run ends, or Shutdown is called, the worker:
+//
+//  1. stops fetching;
+//  2. hands back at once the deliveries it fetched but did not start (a
+//     hand-back is not a failed attempt: Attempt is unchanged);
+//  3. waits up to Options.ShutdownTimeout for the running tasks;
+//  4. then cancels the tasks' contexts (context.Cause is
+//     [ErrShutdownTimeout]) and waits one more second. A task that returns
+//     an error by then is handed back, not counted as failed; a task that
+//     still has not returned is left to the broker, which delivers it again
+//     (its goroutine cannot be stopped: it ends when the task returns, and
+//     that outcome is dropped);
+//  5. flushes the pending acknowledgements, retrying them until the
+//     shutdown timeout has passed (at least one second); those still failing
+//     are left to the broker, which delivers them again;
+//  6. closes the consumer.
+//
+// Delivery is therefore at least once: a task may run again after a crash,
+// an outage or a shutdown that could not wait for it, never zero times.
+//
+// Run does not call the broker's Shutdown: whoever built the broker owns it
+// and shuts it down, after Run has returned.
 package worker
 
 import (
@@ -32,6 +73,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,13 +82,28 @@ import (
 	"github.com/kiq-go/kiq/middleware"
 )
 
+const (
+	// initialBackoff is the first wait after a failed broker call.
+	initialBackoff = 50 * time.Millisecond
+	// grace is how long shutdown waits for tasks after cancelling them, and
+	// the least it gives pending acknowledgements.
+	grace = time.Second
+	// callTimeout bounds the broker calls of the shutdown (hand-backs, the
+	// consumer's Close) and the storing of a result.
+	callTimeout = 5 * time.Second
+	// failureLogEvery is how often a broker call that keeps failing is
+	// logged again.
+	failureLogEvery = 30 * time.Second
+)
+
 // Options configure a Worker. The zero value of each field means its
 // default.
 type Options struct {
 	// Concurrency is how many tasks run at once. Default 16.
 	Concurrency int
-	// Prefetch is the most deliveries held at once, running or waiting.
-	// Default twice Concurrency; never below Concurrency.
+	// Prefetch is the most deliveries held at once: running, waiting to
+	// run, or waiting for their acknowledgement. Default twice Concurrency;
+	// never below Concurrency.
 	Prefetch int
 	// Queues to consume. Default: the broker's default queue.
 	Queues []string
@@ -69,6 +126,7 @@ func (o Options) withDefaults() Options {
 		o.Prefetch = 2 * o.Concurrency
 	}
 	o.Prefetch = max(o.Prefetch, o.Concurrency)
+	o.Queues = slices.Clone(o.Queues)
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 10 * time.Second
 	}
@@ -81,26 +139,29 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Worker consumes and runs tasks. Make one with New; Run it once.
+// Worker consumes and runs the tasks of one broker. Make one with New and
+// call Run; Stats and Shutdown may be called from any goroutine.
 type Worker struct {
-	b    broker.Broker
-	opts Options
-	log  *slog.Logger
+	b        broker.Broker
+	opts     Options
+	log      *slog.Logger
+	stats    counters
+	failures failureLog
 
-	stats counters
-
-	mu       sync.Mutex
-	shutdown context.CancelFunc // ends the current Run's taking
-	done     chan struct{}      // closed when the current Run returns
+	mu     sync.Mutex
+	closed bool               // Shutdown was called
+	stop   context.CancelFunc // ends the current Run's taking
+	done   chan struct{}      // closed when the current Run returns
 }
 
 // New returns a worker of b's tasks.
 func New(b broker.Broker, opts Options) *Worker {
 	opts = opts.withDefaults()
-	return &Worker{b: b, opts: opts, log: opts.Logger}
+	return &Worker{b: b, opts: opts, log: opts.Logger, failures: failureLog{log: opts.Logger}}
 }
 
-// Stats are a worker's counters since it started.
+// Stats are a worker's counters since it was made, for a live progress
+// line. Each is read atomically; together they are not one snapshot.
 type Stats struct {
 	// Done counts tasks that succeeded.
 	Done int64
@@ -114,7 +175,8 @@ type Stats struct {
 	DeadLettered int64
 	// Running is how many tasks run now.
 	Running int64
-	// HandedBack counts deliveries returned unstarted at shutdown.
+	// HandedBack counts deliveries returned to their queue at shutdown:
+	// fetched but not started, or interrupted by the shutdown timeout.
 	HandedBack int64
 }
 
@@ -139,21 +201,38 @@ func (w *Worker) Stats() Stats {
 type PanicError struct {
 	// Value is what the task panicked with.
 	Value any
-	// Stack is the goroutine's stack at the panic.
+	// Stack is the panicking goroutine's stack.
 	Stack []byte
 }
 
 // Error describes the panic.
 func (e *PanicError) Error() string { return fmt.Sprintf("kiq: task panicked: %v", e.Value) }
 
-// ErrRunning is returned by Run when the worker is already running.
-var ErrRunning = errors.New("kiq: worker already running")
+// Unwrap returns the panic's value when it is an error, so that errors.Is
+// and errors.As see through the panic.
+func (e *PanicError) Unwrap() error {
+	err, _ := e.Value.(error)
+	return err
+}
 
-// Shutdown stops a running worker as the end of Run's context would, and
-// waits until Run has returned or ctx ends.
+var (
+	// ErrRunning is returned by Run when the worker is already running.
+	ErrRunning = errors.New("kiq: worker already running")
+	// ErrClosed is returned by Run after Shutdown was called.
+	ErrClosed = errors.New("kiq: worker shut down")
+	// ErrShutdownTimeout is the cause (context.Cause) of a task's context
+	// cancelled because the worker's shutdown timeout passed.
+	ErrShutdownTimeout = errors.New("kiq: worker shutdown timeout")
+)
+
+// Shutdown stops the worker as the end of Run's context would, and waits
+// until Run has drained and returned, or ctx ends (it then returns ctx's
+// error; the drain goes on). Like http.Server's, it is final: a later Run
+// returns ErrClosed at once.
 func (w *Worker) Shutdown(ctx context.Context) error {
 	w.mu.Lock()
-	stop, done := w.shutdown, w.done
+	w.closed = true
+	stop, done := w.stop, w.done
 	w.mu.Unlock()
 	if stop == nil {
 		return nil
@@ -167,39 +246,59 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Run consumes until ctx ends (or Shutdown is called), then drains
-// gracefully and returns nil. It calls the broker's Startup first, retrying
-// while the broker is unreachable; it does not call the broker's Shutdown,
-// which is the broker owner's to call.
+// Run consumes until ctx ends or Shutdown is called, then drains (see the
+// package documentation) and returns nil.
+//
+// It first calls the broker's Startup, which runs the middlewares' start-up
+// hooks (and pings Redis, for the list broker). Startup, opening the
+// consumer and every broker call after them are retried with backoff while
+// they fail: Run does not exit on broker errors, it logs them.
+//
+// Run does not call the broker's Shutdown: the broker's owner does, after
+// Run has returned. The values of ctx reach the tasks' contexts; its end
+// only starts the shutdown.
 func (w *Worker) Run(ctx context.Context) error {
 	takeCtx, stopTaking := context.WithCancel(ctx)
 	defer stopTaking()
 	w.mu.Lock()
-	if w.shutdown != nil {
+	switch {
+	case w.closed:
+		w.mu.Unlock()
+		return ErrClosed
+	case w.stop != nil:
 		w.mu.Unlock()
 		return ErrRunning
 	}
 	done := make(chan struct{})
-	w.shutdown, w.done = stopTaking, done
+	w.stop, w.done = stopTaking, done
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
-		w.shutdown, w.done = nil, nil
+		w.stop, w.done = nil, nil
 		w.mu.Unlock()
 		close(done)
 	}()
 
-	bo := w.newBackoff()
-	if !bo.retry(takeCtx, "start the broker", func() error { return w.b.Startup(takeCtx) }) {
+	if !w.startup(takeCtx) {
 		return nil
 	}
-	var consumer broker.Consumer
-	if !bo.retry(takeCtx, "open a consumer", func() (err error) {
-		consumer, err = w.b.Consume(takeCtx, broker.ConsumeOptions{Queues: w.opts.Queues, Prefetch: w.opts.Prefetch})
-		return err
-	}) {
+
+	// The consumer lives until it is closed, not until taking stops: a
+	// broker may tie its own work to Consume's context (the list broker's
+	// heartbeats, which keep its tasks from being redelivered), and the
+	// tasks still running while the worker drains need that work.
+	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
+	defer endLife()
+	interrupt := context.AfterFunc(takeCtx, endLife) // a Shutdown while opening
+	consumer := w.consume(takeCtx, life)
+	if !interrupt() || consumer == nil {
+		// Taking ended before the consumer was ready to use.
+		if consumer != nil {
+			w.closeConsumer(consumer)
+		}
 		return nil
 	}
+
 	r := &run{
 		w:        w,
 		consumer: consumer,
@@ -208,14 +307,66 @@ func (w *Worker) Run(ctx context.Context) error {
 		slots:    make(chan struct{}, w.opts.Prefetch),
 		work:     make(chan *broker.Delivery, w.opts.Prefetch),
 		stopped:  make(chan struct{}),
-		acks:     newAcker(),
+		acks:     &acker{wake: make(chan struct{}, 1)},
 	}
 	if h, ok := w.b.(broker.ResultHolder); ok {
 		r.results = h.ResultBackend()
 	}
-	r.taskCtx, r.cancelTasks = context.WithCancel(context.WithoutCancel(ctx))
-	defer r.cancelTasks()
-	return r.run(takeCtx)
+	r.taskCtx, r.cancelTasks = context.WithCancelCause(life)
+	defer r.cancelTasks(nil)
+	r.settleCtx, r.abandon = context.WithCancel(life)
+	defer r.abandon()
+	r.run(takeCtx)
+	return nil
+}
+
+// startup runs the broker's Startup, retrying with backoff while it fails
+// (Redis not up yet is an outage like any other: the worker waits for it),
+// until it succeeds (true) or takeCtx ends (false).
+func (w *Worker) startup(takeCtx context.Context) bool {
+	var bo backoff
+	for {
+		err := w.b.Startup(takeCtx)
+		if err == nil {
+			w.failures.ok("startup")
+			return true
+		}
+		if takeCtx.Err() != nil {
+			return false
+		}
+		w.failures.failed("startup", err)
+		if !bo.wait(takeCtx, w.opts.ErrorBackoff) {
+			return false
+		}
+	}
+}
+
+// consume opens the consumer, retrying with backoff until it opens or
+// takeCtx ends (nil).
+func (w *Worker) consume(takeCtx, life context.Context) broker.Consumer {
+	var bo backoff
+	for {
+		c, err := w.b.Consume(life, broker.ConsumeOptions{Queues: w.opts.Queues, Prefetch: w.opts.Prefetch})
+		if err == nil {
+			w.failures.ok("consume")
+			return c
+		}
+		if takeCtx.Err() != nil {
+			return nil
+		}
+		w.failures.failed("consume", err)
+		if !bo.wait(takeCtx, w.opts.ErrorBackoff) {
+			return nil
+		}
+	}
+}
+
+func (w *Worker) closeConsumer(c broker.Consumer) {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	if err := c.Close(ctx); err != nil {
+		w.log.Warn("kiq: closing the consumer failed; the broker delivers what it held again", slog.Any("error", err))
+	}
 }
 
 // run is the state of one Run.
@@ -224,82 +375,94 @@ type run struct {
 	consumer broker.Consumer
 	chain    *middleware.Chain
 	registry *broker.Registry
-	results  broker.ResultBackend // nil: no results are stored
+	results  broker.ResultBackend // nil: results are not stored
 
 	slots   chan struct{}         // one token per delivery held
 	work    chan *broker.Delivery // fetched, not started
 	stopped chan struct{}         // closed when taking stops
 	acks    *acker
 
-	taskCtx     context.Context // parent of the tasks' contexts, cancelled after ShutdownTimeout
-	cancelTasks context.CancelFunc
-	tasks       sync.WaitGroup
+	// taskCtx is the context of the middleware hooks and the parent of the
+	// handlers'; cancelled with ErrShutdownTimeout when the shutdown timeout
+	// passes.
+	taskCtx     context.Context
+	cancelTasks context.CancelCauseFunc
+	// settleCtx is the context of settling calls and their retries;
+	// cancelled when the shutdown gives up on them.
+	settleCtx context.Context
+	abandon   context.CancelFunc
 }
 
-func (r *run) run(takeCtx context.Context) error {
+func (r *run) run(takeCtx context.Context) {
 	w := r.w
 	var pool sync.WaitGroup
 	for range w.opts.Concurrency {
 		pool.Go(r.execLoop)
 	}
 	ackDone := make(chan struct{})
-	go func() { defer close(ackDone); r.acks.loop(r) }()
+	go func() { defer close(ackDone); r.ackLoop() }()
 
 	r.fetchLoop(takeCtx)
 	close(r.stopped)
+	deadline := time.Now().Add(w.opts.ShutdownTimeout)
 
-	// Hand back what was fetched but not started.
+	// Hand back at once what was fetched but not started; the execution
+	// loops hand back what they take from now on themselves.
 	var unstarted []*broker.Delivery
-	for {
+	for drained := false; !drained; {
 		select {
 		case d := <-r.work:
 			unstarted = append(unstarted, d)
-			continue
 		default:
+			drained = true
 		}
-		break
 	}
-	r.handBack(unstarted)
+	r.handBack(unstarted...)
 
-	// Wait for running tasks, then cancel them.
+	// Wait for the running tasks, then cancel them.
 	poolDone := make(chan struct{})
 	go func() { pool.Wait(); close(poolDone) }()
+	wait := time.NewTimer(w.opts.ShutdownTimeout)
+	defer wait.Stop()
 	select {
 	case <-poolDone:
-	case <-time.After(w.opts.ShutdownTimeout):
-		w.log.Warn("kiq: shutdown timeout: cancelling running tasks", slog.Int64("running", w.stats.running.Load()))
-		r.cancelTasks()
+	case <-wait.C:
+		w.log.Warn("kiq: shutdown timeout passed; cancelling the running tasks",
+			slog.Int64("tasks", w.stats.running.Load()), slog.Duration("timeout", w.opts.ShutdownTimeout))
+		r.cancelTasks(ErrShutdownTimeout)
 		select {
 		case <-poolDone:
-		case <-time.After(time.Second):
-			w.log.Warn("kiq: tasks still running after cancellation are left to the broker's redelivery",
-				slog.Int64("running", w.stats.running.Load()))
+		case <-time.After(grace):
+			w.log.Warn("kiq: tasks still running after cancellation are left to the broker, which delivers them again",
+				slog.Int64("tasks", w.stats.running.Load()))
 		}
 	}
+
+	// Flush the acknowledgements.
 	r.acks.close()
 	select {
 	case <-ackDone:
-	case <-time.After(5 * time.Second):
-		// The broker is failing: stop retrying acks. What was not acked
-		// is delivered again.
-		r.cancelTasks()
-		<-ackDone
+	case <-time.After(max(time.Until(deadline), grace)):
+		w.log.Warn("kiq: acknowledgements still failing at shutdown; the broker delivers those tasks again",
+			slog.Int("tasks", r.acks.held()))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.consumer.Close(ctx); err != nil {
-		w.log.Warn("kiq: closing the consumer failed; the broker redelivers what it held", slog.Any("error", err))
+	r.abandon()
+	<-ackDone
+	if w.stats.running.Load() == 0 {
+		// Only settling calls remain, and they stop now.
+		<-poolDone
 	}
-	return nil
+	w.closeConsumer(r.consumer)
 }
 
-// fetchLoop takes deliveries while slots are free, until takeCtx ends.
-func (r *run) fetchLoop(takeCtx context.Context) {
-	bo := r.w.newBackoff()
+// fetchLoop takes deliveries while slots are free, until ctx ends.
+func (r *run) fetchLoop(ctx context.Context) {
+	w := r.w
+	var bo backoff
 	for {
 		// Wait for one free slot, then claim every other free one.
 		select {
-		case <-takeCtx.Done():
+		case <-ctx.Done():
 			return
 		case r.slots <- struct{}{}:
 		}
@@ -313,23 +476,32 @@ func (r *run) fetchLoop(takeCtx context.Context) {
 				break claim
 			}
 		}
-		ds, err := r.consumer.Fetch(takeCtx, n)
+		ds, err := r.consumer.Fetch(ctx, n)
+		if len(ds) > n {
+			// The broker broke its contract; keep the bound.
+			w.log.Error("kiq: the broker returned more deliveries than asked; handing back the rest",
+				slog.Int("asked", n), slog.Int("got", len(ds)))
+			r.handBackUnheld(ds[n:])
+			ds = ds[:n]
+		}
 		for range n - len(ds) {
 			<-r.slots
 		}
+		for _, d := range ds {
+			r.work <- d // never blocks: work holds at most one per slot
+		}
 		if err != nil {
-			if takeCtx.Err() != nil {
+			if ctx.Err() != nil {
 				return
 			}
-			if !bo.wait(takeCtx, "fetch", err) {
+			w.failures.failed("fetch", err)
+			if !bo.wait(ctx, w.opts.ErrorBackoff) {
 				return
 			}
 			continue
 		}
-		bo.ok("fetch")
-		for _, d := range ds {
-			r.work <- d
-		}
+		bo.reset()
+		w.failures.ok("fetch")
 	}
 }
 
@@ -342,7 +514,7 @@ func (r *run) execLoop() {
 		case d := <-r.work:
 			select {
 			case <-r.stopped:
-				r.handBack([]*broker.Delivery{d})
+				r.handBack(d)
 				return
 			default:
 			}
@@ -351,27 +523,15 @@ func (r *run) execLoop() {
 	}
 }
 
-func (r *run) handBack(ds []*broker.Delivery) {
-	if len(ds) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.consumer.HandBack(ctx, ds...); err != nil {
-		r.w.log.Warn("kiq: hand-back failed; the broker redelivers those tasks", slog.Int("tasks", len(ds)), slog.Any("error", err))
-		return
-	}
-	r.w.stats.handedBack.Add(int64(len(ds)))
-	for range ds {
-		<-r.slots
-	}
-}
-
 // execute runs one delivery and settles it.
 func (r *run) execute(d *broker.Delivery) {
 	w := r.w
 	if d.Message == nil {
-		r.deadLetter(d, fmt.Sprintf("undecodable message: %v", d.Err))
+		reason := "undecodable message"
+		if d.Err != nil {
+			reason = d.Err.Error()
+		}
+		r.deadLetter(d, reason)
 		return
 	}
 	msg := d.Message
@@ -380,83 +540,68 @@ func (r *run) execute(d *broker.Delivery) {
 		r.deadLetter(d, fmt.Sprintf("unknown task %q", msg.TaskName))
 		return
 	}
-	ctx := r.taskCtx
-	if timeout, ok := msg.Labels.Duration(broker.LabelTimeout); ok && timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
+	timeout, _ := msg.Labels.Duration(broker.LabelTimeout)
+
 	w.stats.running.Add(1)
 	start := time.Now()
-	res := r.chain.Execute(ctx, msg, func(ctx context.Context) (any, error) { return call(ctx, h, msg) })
+	res := r.executeChain(msg, func(ctx context.Context) (any, error) {
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		return call(ctx, h, msg)
+	})
 	res.Duration = time.Since(start)
-	w.stats.running.Add(-1)
-	if res.Err == nil || !res.Retry {
+	interrupted := res.Err != nil && r.taskCtx.Err() != nil
+	if r.results != nil && !interrupted && (res.Err == nil || !res.Retry) {
 		r.saveResult(msg, res)
 	}
+	w.stats.running.Add(-1)
 
+	if pe, ok := errors.AsType[*PanicError](res.Err); ok {
+		w.log.Error("kiq: task panicked", slog.String("task_name", msg.TaskName), slog.String("task_id", msg.TaskID),
+			slog.Any("panic", pe.Value), slog.String("stack", string(pe.Stack)))
+	}
 	switch {
 	case res.Err == nil:
-		w.stats.done.Add(1)
 		r.acks.add(d)
+		w.stats.done.Add(1) // after add: a task counted done has its ack under way
+	case interrupted:
+		// Cancelled by the shutdown timeout: not the task's failure.
+		w.log.Info("kiq: task interrupted by the shutdown; handing it back", slog.String("task_name", msg.TaskName),
+			slog.String("task_id", msg.TaskID), slog.Any("error", res.Err))
+		r.handBack(d)
 	case res.Retry:
 		w.stats.failed.Add(1)
-		w.stats.retried.Add(1)
 		next := *msg
 		next.Attempt++
 		next.Lock = nil
-		r.settle("retry", func(ctx context.Context) error { return r.consumer.Retry(ctx, d, &next, res.RetryDelay) })
+		if _, err := w.b.Formatter().EncodeMessage(&next); err != nil {
+			// Retrying could never succeed.
+			r.deadLetter(d, fmt.Sprintf("%v (cannot retry: %v)", res.Err, err))
+			return
+		}
+		if r.settle("retry", func(ctx context.Context) error { return r.consumer.Retry(ctx, d, &next, res.RetryDelay) }) {
+			w.stats.retried.Add(1)
+		}
 		<-r.slots
 	default:
 		w.stats.failed.Add(1)
-		reason := res.Err.Error()
-		if errors.Is(res.Err, broker.ErrMalformed) {
-			reason = "bad arguments: " + reason
-		}
-		r.deadLetter(d, reason)
+		r.deadLetter(d, res.Err.Error())
 	}
 }
 
-// saveResult stores the final outcome of msg in the broker's result
-// backend, if it has one, then runs the PostSave hooks. A storage error is
-// logged: the task itself is done.
-func (r *run) saveResult(msg *broker.Message, res *middleware.Result) {
-	if r.results == nil {
-		return
-	}
-	tr := &broker.TaskResult{TaskID: msg.TaskID, TaskName: msg.TaskName, Attempt: msg.Attempt,
-		Duration: res.Duration, FinishedAt: time.Now()}
-	if res.Err != nil {
-		tr.Error, tr.ErrorKind = res.Err.Error(), errorKind(res.Err)
-	} else if res.Value != nil {
-		raw, err := r.w.b.Formatter().EncodeArgs(res.Value)
-		if err != nil {
-			tr.Error, tr.ErrorKind = err.Error(), "error"
+// executeChain runs the middleware chain around f. A panic in a
+// middleware's hook (the handler's own is recovered by call) fails the task
+// with a *PanicError, without a retry, instead of crashing the worker.
+func (r *run) executeChain(msg *broker.Message, f func(context.Context) (any, error)) (res *middleware.Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			res = &middleware.Result{Err: &PanicError{Value: p, Stack: debug.Stack()}}
 		}
-		tr.Value = raw
-	}
-	ttl, _ := msg.Labels.Duration(broker.LabelResultTTL)
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.taskCtx), 5*time.Second)
-	defer cancel()
-	if err := r.results.Store(ctx, tr, ttl); err != nil {
-		r.w.log.Warn("kiq: could not store a task's result", slog.String("task_id", msg.TaskID), slog.Any("error", err))
-		return
-	}
-	r.chain.PostSave(ctx, msg, res)
-}
-
-// errorKind classifies a task's error for its stored result.
-func errorKind(err error) string {
-	var pe *PanicError
-	switch {
-	case errors.As(err, &pe):
-		return "panic"
-	case errors.Is(err, context.DeadlineExceeded):
-		return "timeout"
-	case errors.Is(err, broker.ErrMalformed):
-		return "bad_arguments"
-	}
-	return "error"
+	}()
+	return r.chain.Execute(r.taskCtx, msg, f)
 }
 
 // call runs the handler, turning a panic into a *PanicError.
@@ -469,121 +614,194 @@ func call(ctx context.Context, h broker.Handler, msg *broker.Message) (v any, er
 	return h.Execute(ctx, msg)
 }
 
-func (r *run) deadLetter(d *broker.Delivery, reason string) {
-	r.w.stats.dead.Add(1)
-	name := ""
-	if d.Message != nil {
-		name = d.Message.TaskName
+// saveResult stores the final outcome of msg in the broker's result
+// backend, then runs the PostSave hooks. A storage error is logged and the
+// PostSave hooks are skipped; the task is settled all the same (running it
+// again to store its result would be worse).
+func (r *run) saveResult(msg *broker.Message, res *middleware.Result) {
+	tr := &broker.TaskResult{TaskID: msg.TaskID, TaskName: msg.TaskName, Attempt: msg.Attempt,
+		Duration: res.Duration, FinishedAt: time.Now()}
+	if res.Err != nil {
+		tr.Error, tr.ErrorKind = res.Err.Error(), errorKind(res.Err)
+	} else if res.Value != nil {
+		raw, err := r.w.b.Formatter().EncodeArgs(res.Value)
+		if err != nil {
+			tr.Error, tr.ErrorKind = err.Error(), "error"
+		}
+		tr.Value = raw
 	}
-	r.w.log.Warn("kiq: task moved to the dead-letter list", slog.String("queue", d.Queue), slog.String("task_id", d.ID),
-		slog.String("task_name", name), slog.String("reason", reason))
-	r.settle("dead-letter", func(ctx context.Context) error { return r.consumer.DeadLetter(ctx, d, reason) })
+	ttl, _ := msg.Labels.Duration(broker.LabelResultTTL)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.taskCtx), callTimeout)
+	defer cancel()
+	if err := r.results.Store(ctx, tr, ttl); err != nil {
+		r.w.log.Warn("kiq: could not store a task's result", slog.String("task_name", msg.TaskName),
+			slog.String("task_id", msg.TaskID), slog.Any("error", err))
+		return
+	}
+	r.chain.PostSave(ctx, msg, res)
+}
+
+// errorKind classifies a task's error for its stored result.
+func errorKind(err error) string {
+	switch {
+	case errors.As(err, new(*PanicError)):
+		return "panic"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, broker.ErrMalformed):
+		return "bad_arguments"
+	}
+	return "error"
+}
+
+// deadLetter moves d to its queue's dead-letter list, logging it once, and
+// frees its slot.
+func (r *run) deadLetter(d *broker.Delivery, reason string) {
+	attrs := []any{slog.String("queue", d.Queue), slog.String("task_id", d.ID), slog.String("reason", reason)}
+	if d.Message != nil {
+		attrs = append(attrs, slog.String("task_name", d.Message.TaskName), slog.Int("attempt", d.Message.Attempt))
+	}
+	r.w.log.Warn("kiq: task moved to the dead-letter list", attrs...)
+	if r.settle("dead-letter", func(ctx context.Context) error { return r.consumer.DeadLetter(ctx, d, reason) }) {
+		r.w.stats.dead.Add(1)
+	}
 	<-r.slots
 }
 
-// settle retries a settling call with backoff until it succeeds or the
-// tasks are cancelled at shutdown, after which the broker redelivers.
-func (r *run) settle(what string, f func(context.Context) error) {
-	bo := r.w.newBackoff()
+// handBack returns ds, not started or interrupted at shutdown, to their
+// queue in one call, and frees their slots. A failed hand-back is logged,
+// not retried: the broker delivers those tasks again.
+func (r *run) handBack(ds ...*broker.Delivery) {
+	if len(ds) == 0 {
+		return
+	}
+	r.handBackUnheld(ds)
+	for range ds {
+		<-r.slots
+	}
+}
+
+// handBackUnheld hands ds back without freeing slots.
+func (r *run) handBackUnheld(ds []*broker.Delivery) {
+	ctx, cancel := context.WithTimeout(r.settleCtx, callTimeout)
+	defer cancel()
+	if err := r.consumer.HandBack(ctx, ds...); err != nil {
+		r.w.log.Warn("kiq: hand-back failed; the broker delivers those tasks again",
+			slog.Int("tasks", len(ds)), slog.Any("error", err))
+		return
+	}
+	r.w.stats.handedBack.Add(int64(len(ds)))
+}
+
+// settle makes a settling call, retrying it with backoff until it succeeds
+// (true) or the shutdown gives up on it (false: the broker delivers the
+// task again).
+func (r *run) settle(what string, f func(context.Context) error) bool {
+	var bo backoff
 	for {
-		err := f(r.taskCtx)
-		if err == nil {
-			bo.ok(what)
-			return
+		if r.settleCtx.Err() != nil {
+			return false
 		}
-		if !bo.wait(r.taskCtx, what, err) {
-			return
+		err := f(r.settleCtx)
+		if err == nil {
+			r.w.failures.ok(what)
+			return true
+		}
+		if r.settleCtx.Err() != nil {
+			return false
+		}
+		r.w.failures.failed(what, err)
+		if !bo.wait(r.settleCtx, r.w.opts.ErrorBackoff) {
+			return false
 		}
 	}
 }
 
-// acker batches acknowledgements: whatever finished while one Ack call was
-// in flight goes out in the next.
+// acker coalesces acknowledgements: one goroutine (ackLoop) sends, in one
+// Ack call, whatever finished while the previous call was in flight.
 type acker struct {
 	mu      sync.Mutex
 	pending []*broker.Delivery
+	sending int // deliveries in the Ack call in flight
 	closed  bool
-	wake    chan struct{}
+	wake    chan struct{} // holds a signal whenever pending may have grown
 }
-
-func newAcker() *acker { return &acker{wake: make(chan struct{}, 1)} }
 
 func (a *acker) add(d *broker.Delivery) {
 	a.mu.Lock()
 	a.pending = append(a.pending, d)
 	a.mu.Unlock()
+	a.signal()
+}
+
+func (a *acker) signal() {
 	select {
 	case a.wake <- struct{}{}:
 	default:
 	}
 }
 
+// close makes the loop return once pending is empty.
 func (a *acker) close() {
 	a.mu.Lock()
 	a.closed = true
 	a.mu.Unlock()
-	select {
-	case a.wake <- struct{}{}:
-	default:
-	}
+	a.signal()
 }
 
-// loop sends batches until closed and drained.
-func (a *acker) loop(r *run) {
+// held counts the deliveries not yet acknowledged.
+func (a *acker) held() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.pending) + a.sending
+}
+
+// ackLoop sends the batches until the acker is closed and drained.
+func (r *run) ackLoop() {
+	a := r.acks
+	var spare []*broker.Delivery // the previous batch's array, reused
 	for range a.wake {
 		a.mu.Lock()
 		batch, closed := a.pending, a.closed
-		a.pending = nil
-		a.mu.Unlock()
 		if len(batch) > 0 {
-			r.settle("ack", func(ctx context.Context) error { return r.consumer.Ack(ctx, batch...) })
-			for range batch {
-				<-r.slots
-			}
+			a.pending, a.sending = spare[:0], len(batch)
 		}
-		if closed {
-			a.mu.Lock()
-			rest := len(a.pending)
-			a.mu.Unlock()
-			if rest == 0 {
+		a.mu.Unlock()
+		if len(batch) == 0 {
+			if closed {
 				return
 			}
+			continue
+		}
+		r.settle("ack", func(ctx context.Context) error { return r.consumer.Ack(ctx, batch...) })
+		for range batch {
+			<-r.slots
+		}
+		clear(batch)
+		spare = batch
+		a.mu.Lock()
+		a.sending = 0
+		drained := a.closed && len(a.pending) == 0
+		a.mu.Unlock()
+		if drained {
+			return
 		}
 	}
 }
 
-// backoff paces retries of a failing broker call and keeps the log quiet:
-// one line when a call starts failing, one every 30 s while it goes on, one
-// when it recovers.
-type backoff struct {
-	log      *slog.Logger
-	max      time.Duration
-	delay    time.Duration
-	failing  bool
-	lastLog  time.Time
-	failures int
-}
+// backoff paces the retries of one failing call: exponential from 50 ms up
+// to a maximum, with jitter (each wait is between half and all of the
+// current delay).
+type backoff struct{ delay time.Duration }
 
-func (w *Worker) newBackoff() *backoff {
-	return &backoff{log: w.log, max: w.opts.ErrorBackoff}
-}
-
-// wait logs err (rate-limited) and sleeps the next delay; false means ctx
-// ended.
-func (b *backoff) wait(ctx context.Context, what string, err error) bool {
-	b.failures++
-	if !b.failing || time.Since(b.lastLog) > 30*time.Second {
-		b.log.Warn("kiq: broker call failed; retrying with backoff", slog.String("call", what),
-			slog.Int("failures", b.failures), slog.Any("error", err))
-		b.failing, b.lastLog = true, time.Now()
-	}
+// wait sleeps the next delay, at most most; false means ctx ended first.
+func (b *backoff) wait(ctx context.Context, most time.Duration) bool {
 	if b.delay == 0 {
-		b.delay = 50 * time.Millisecond
+		b.delay = min(initialBackoff, most)
 	} else {
-		b.delay = min(2*b.delay, b.max)
+		b.delay = min(2*b.delay, most)
 	}
-	d := b.delay/2 + rand.N(b.delay/2+1)
-	t := time.NewTimer(d)
+	t := time.NewTimer(b.delay/2 + rand.N(b.delay/2+1))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
@@ -593,24 +811,58 @@ func (b *backoff) wait(ctx context.Context, what string, err error) bool {
 	}
 }
 
-// ok notes a success, logging the recovery of a failing call.
-func (b *backoff) ok(what string) {
-	if b.failing {
-		b.log.Info("kiq: broker call recovered", slog.String("call", what), slog.Int("failures", b.failures))
-	}
-	b.failing, b.delay, b.failures = false, 0, 0
+func (b *backoff) reset() { b.delay = 0 }
+
+// failureLog keeps the log of failing broker calls short across all the
+// worker's goroutines: one line when a kind of call starts failing, one
+// every 30 s while it goes on failing, one when it succeeds again.
+type failureLog struct {
+	log     *slog.Logger
+	failing atomic.Int32 // kinds of call failing now; 0 lets ok skip the lock
+	mu      sync.Mutex
+	calls   map[string]*failingCall
 }
 
-// retry calls f until it succeeds (true) or ctx ends (false).
-func (b *backoff) retry(ctx context.Context, what string, f func() error) bool {
-	for {
-		err := f()
-		if err == nil {
-			b.ok(what)
-			return true
+type failingCall struct {
+	since, logged time.Time
+	failures      int
+}
+
+func (f *failureLog) failed(call string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	c := f.calls[call]
+	switch {
+	case c == nil:
+		if f.calls == nil {
+			f.calls = make(map[string]*failingCall)
 		}
-		if ctx.Err() != nil || !b.wait(ctx, what, err) {
-			return false
-		}
+		c = &failingCall{since: now, logged: now}
+		f.calls[call] = c
+		f.failing.Add(1)
+		f.log.Warn("kiq: broker call failed; retrying with backoff", slog.String("call", call), slog.Any("error", err))
+	case now.Sub(c.logged) >= failureLogEvery:
+		c.logged = now
+		f.log.Warn("kiq: broker call still failing; retrying with backoff", slog.String("call", call),
+			slog.Int("failures", c.failures+1), slog.Duration("for", now.Sub(c.since).Round(time.Millisecond)),
+			slog.Any("error", err))
 	}
+	c.failures++
+}
+
+func (f *failureLog) ok(call string) {
+	if f.failing.Load() == 0 {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.calls[call]
+	if c == nil {
+		return
+	}
+	delete(f.calls, call)
+	f.failing.Add(-1)
+	f.log.Info("kiq: broker call recovered", slog.String("call", call), slog.Int("failures", c.failures),
+		slog.Duration("after", time.Since(c.since).Round(time.Millisecond)))
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/kiq-go/kiq/broker"
+	"github.com/kiq-go/kiq/internal/batch"
 	"github.com/kiq-go/kiq/middleware"
 	"github.com/redis/go-redis/v9"
 )
@@ -56,6 +57,7 @@ type Middleware struct {
 
 	cfg        config
 	client     redis.UniversalClient
+	calls      *batch.Pipeline // coalesces concurrent lock calls into pipelines
 	ownsClient bool
 	log        *slog.Logger
 	stats      counters
@@ -96,6 +98,7 @@ func New(url string, opts ...Option) (*Middleware, error) {
 	}
 	if cfg.client != nil {
 		m.client = cfg.client
+		m.calls = batch.New(m.client)
 		return m, nil
 	}
 	ropts, err := broker.ParseRedisURL(url)
@@ -103,6 +106,7 @@ func New(url string, opts ...Option) (*Middleware, error) {
 		return nil, fmt.Errorf("kiq: dedup: %w", err)
 	}
 	m.client, m.ownsClient = redis.NewClient(ropts), true
+	m.calls = batch.New(m.client)
 	return m, nil
 }
 
@@ -199,7 +203,7 @@ func (m *Middleware) PreSend(ctx context.Context, msg *broker.Message) error {
 // acquire takes the lock with the grace TTL before the send; PostSend
 // extends it to the full TTL.
 func (m *Middleware) acquire(ctx context.Context, msg *broker.Message, key string) error {
-	res, err := acquireScript.Run(ctx, m.client, []string{key}, msg.TaskID, m.cfg.graceTTL.Milliseconds()).Slice()
+	res, err := m.calls.Script(ctx, acquireScript, []string{key}, msg.TaskID, m.cfg.graceTTL.Milliseconds()).Slice()
 	if err != nil {
 		return m.acquireFailed(msg, key, err)
 	}
@@ -209,7 +213,7 @@ func (m *Middleware) acquire(ctx context.Context, msg *broker.Message, key strin
 	}
 	holder, _ := res[1].(string)
 	if m.holderGone(ctx, msg, holder) {
-		ok, err := takeoverScript.Run(ctx, m.client, []string{key}, holder, msg.TaskID, m.cfg.graceTTL.Milliseconds()).Int()
+		ok, err := m.calls.Script(ctx, takeoverScript, []string{key}, holder, msg.TaskID, m.cfg.graceTTL.Milliseconds()).Int()
 		if err != nil {
 			return m.acquireFailed(msg, key, err)
 		}
@@ -253,7 +257,7 @@ func (m *Middleware) PostSend(ctx context.Context, msg *broker.Message) {
 	if !ok || msg.Lock != nil {
 		return
 	}
-	if err := extendScript.Run(ctx, m.client, []string{key}, msg.TaskID, m.ttl(msg).Milliseconds()).Err(); err != nil {
+	if err := m.calls.Script(ctx, extendScript, []string{key}, msg.TaskID, m.ttl(msg).Milliseconds()).Err(); err != nil {
 		m.stats.errors.Add(1)
 		m.log.Warn("kiq: could not extend a deduplication lock after the send; it expires with the grace TTL",
 			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.Any("error", err))
@@ -276,7 +280,7 @@ func (m *Middleware) OnSendError(ctx context.Context, msg *broker.Message, err e
 }
 
 func (m *Middleware) release(ctx context.Context, taskName, key, taskID string) {
-	n, err := releaseScript.Run(context.WithoutCancel(ctx), m.client, []string{key}, taskID).Int()
+	n, err := m.calls.Script(context.WithoutCancel(ctx), releaseScript, []string{key}, taskID).Int()
 	if err != nil {
 		m.stats.errors.Add(1)
 		m.log.Warn("kiq: could not release a deduplication lock; it expires with its TTL",
@@ -320,7 +324,7 @@ func (m *Middleware) PreExecute(ctx context.Context, msg *broker.Message) (conte
 		return ctx, nil
 	}
 	ttl := m.runningTTL(msg)
-	res, err := ownScript.Run(ctx, m.client, []string{key}, msg.TaskID, ttl.Milliseconds()).Slice()
+	res, err := m.calls.Script(ctx, ownScript, []string{key}, msg.TaskID, ttl.Milliseconds()).Slice()
 	switch {
 	case err != nil:
 		m.stats.errors.Add(1)
@@ -359,7 +363,7 @@ func (m *Middleware) PostExecute(ctx context.Context, msg *broker.Message, res *
 	m.mu.Unlock()
 	if res.Err != nil && res.Retry {
 		ttl := res.RetryDelay + m.runningTTL(msg)
-		if err := extendScript.Run(context.WithoutCancel(ctx), m.client, []string{key}, msg.TaskID, ttl.Milliseconds()).Err(); err != nil {
+		if err := m.calls.Script(context.WithoutCancel(ctx), extendScript, []string{key}, msg.TaskID, ttl.Milliseconds()).Err(); err != nil {
 			m.stats.errors.Add(1)
 			m.log.Warn("kiq: could not keep a deduplication lock for a retry",
 				slog.String("task_name", msg.TaskName), slog.String("key", key), slog.Any("error", err))

@@ -1,0 +1,92 @@
+package batch_test
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kiq-go/kiq/internal/batch"
+	"github.com/kiq-go/kiq/internal/redistest"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+)
+
+func TestMain(m *testing.M) { redistest.Main(m) }
+
+type pipelineCounter struct{ pipelines, cmds atomic.Int64 }
+
+func (c *pipelineCounter) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (c *pipelineCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (c *pipelineCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if len(cmds) > 0 && cmds[0].Name() != "hello" && cmds[0].Name() != "client" { // not a connection set-up
+			c.pipelines.Add(1)
+			c.cmds.Add(int64(len(cmds)))
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func TestConcurrentCallsShareRoundTrips(t *testing.T) {
+	client := redistest.Shared(t).Client(t)
+	counter := &pipelineCounter{}
+	client.AddHook(counter)
+	p := batch.New(client)
+	prefix := redistest.Prefix(t)
+	ctx := context.Background()
+	const callers, each = 64, 50
+	var wg sync.WaitGroup
+	for g := range callers {
+		wg.Go(func() {
+			for i := range each {
+				var cmd *redis.IntCmd
+				require.NoError(t, p.Do(ctx, func(pipe redis.Pipeliner) { cmd = pipe.Incr(ctx, prefix+strconv.Itoa(g)) }))
+				require.NoError(t, cmd.Err())
+				require.Equal(t, int64(i+1), cmd.Val(), "replies reach their own caller, in order")
+			}
+		})
+	}
+	wg.Wait()
+	require.Equal(t, int64(callers*each), counter.cmds.Load())
+	require.Less(t, counter.pipelines.Load(), int64(callers*each/4), "calls were coalesced")
+	t.Logf("%d calls in %d pipelines", callers*each, counter.pipelines.Load())
+}
+
+func TestALoneCallerPaysOneRoundTrip(t *testing.T) {
+	client := redistest.Shared(t).Client(t)
+	counter := &pipelineCounter{}
+	client.AddHook(counter)
+	p := batch.New(client)
+	var cmd *redis.StatusCmd
+	require.NoError(t, p.Do(context.Background(), func(pipe redis.Pipeliner) { cmd = pipe.Ping(context.Background()) }))
+	require.Equal(t, "PONG", cmd.Val())
+	require.Equal(t, int64(1), counter.pipelines.Load())
+}
+
+func TestCancelledWaitersDoNotStallOthers(t *testing.T) {
+	client := redistest.Shared(t).Client(t)
+	p := batch.New(client)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, time.Duration(i%5)*time.Microsecond)
+			defer cancel()
+			_ = p.Do(cctx, func(pipe redis.Pipeliner) { pipe.Ping(ctx) })
+		})
+	}
+	wg.Wait()
+	done := make(chan struct{})
+	go func() {
+		_ = p.Do(ctx, func(pipe redis.Pipeliner) { pipe.Ping(ctx) })
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pipeline stalled after cancelled callers")
+	}
+}
