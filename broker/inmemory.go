@@ -33,7 +33,8 @@ type memQueue struct {
 // DeadLetter is a message a worker could not or would not run, with the
 // reason.
 type DeadLetter struct {
-	// TaskID and TaskName are empty when the message did not decode.
+	// TaskName is empty when the message did not decode; TaskID too,
+	// unless the broker keeps ids beside messages (ListQueue does).
 	TaskID   string `msgpack:"task_id"`
 	TaskName string `msgpack:"task_name"`
 	// Queue the message was taken from.
@@ -153,7 +154,7 @@ func (b *InMemory) DeadLetters(ctx context.Context, queue string, offset, limit 
 	defer b.mu.Unlock()
 	dead := b.queue(queue).dead
 	var out []DeadLetter
-	for i := len(dead) - 1 - offset; i >= 0 && len(out) < limit; i-- {
+	for i := len(dead) - 1 - max(offset, 0); i >= 0 && len(out) < limit; i-- {
 		out = append(out, dead[i])
 	}
 	return out, nil
@@ -181,7 +182,9 @@ type memConsumer struct {
 	closed bool
 }
 
-var errConsumerClosed = errors.New("kiq: consumer closed")
+// ErrConsumerClosed is returned by Fetch once the consumer was closed (for
+// a ListQueue consumer, also once the context given to Consume ended).
+var ErrConsumerClosed = errors.New("kiq: consumer closed")
 
 func (c *memConsumer) Fetch(ctx context.Context, limit int) ([]*Delivery, error) {
 	limit = max(limit, 1)
@@ -192,7 +195,7 @@ func (c *memConsumer) Fetch(ctx context.Context, limit int) ([]*Delivery, error)
 		if c.closed {
 			c.mu.Unlock()
 			b.mu.Unlock()
-			return nil, errConsumerClosed
+			return nil, ErrConsumerClosed
 		}
 		now := b.now()
 		var out []*Delivery
@@ -329,9 +332,7 @@ func (c *memConsumer) Close(ctx context.Context) error {
 	}
 	clear(c.held)
 	c.mu.Unlock()
-	if len(held) > 0 {
-		c.handBackLocked(held)
-	}
+	c.handBackLocked(held) // also wakes a Fetch blocked on this consumer
 	return nil
 }
 

@@ -12,8 +12,101 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// The operator's view of a ListQueue: the queues there are, their dead
-// letters, and where one task is.
+// The operator's view of a ListQueue: the queues there are, their counts,
+// their dead letters, and where one task is.
+
+// Inspector is implemented by brokers that can count and list their tasks
+// for operators and dashboards: [InMemory] and [ListQueue].
+type Inspector interface {
+	// Stats counts the tasks of queue by state.
+	Stats(ctx context.Context, queue string) (QueueStats, error)
+	// DeadLetters returns up to limit dead letters of queue, newest first,
+	// skipping offset.
+	DeadLetters(ctx context.Context, queue string, offset, limit int) ([]DeadLetter, error)
+}
+
+// QueueStats are the counts of one queue.
+type QueueStats struct {
+	Queue string `json:"queue"`
+	// Pending tasks are ready to run.
+	Pending int64 `json:"pending"`
+	// InFlight tasks are held by registered consumers.
+	InFlight int64 `json:"in_flight"`
+	// Scheduled tasks wait for their delay or their retry's backoff.
+	Scheduled int64 `json:"scheduled"`
+	// Dead is the length of the dead-letter list.
+	Dead int64 `json:"dead"`
+	// Consumers are registered (alive, or dead and not reaped yet).
+	Consumers int64 `json:"consumers"`
+}
+
+// tokenScan bounds how many ids at the head of pending Stats scans for
+// wake-up tokens, which are not tasks (consumers drop them as they come,
+// so they stay near the head).
+const tokenScan = 1000
+
+// Stats counts the tasks of queue by state, in two round trips.
+func (b *ListQueue) Stats(ctx context.Context, queue string) (QueueStats, error) {
+	s := QueueStats{Queue: queue}
+	consumers, err := b.client.ZRange(ctx, b.key(queue, "consumers"), 0, -1).Result()
+	if err != nil {
+		return s, fmt.Errorf("kiq: stats: %w", err)
+	}
+	var pending, scheduled, dead *redis.IntCmd
+	var tokens *redis.IntSliceCmd
+	wip := make([]*redis.IntCmd, len(consumers))
+	_, err = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		pending = p.LLen(ctx, b.key(queue, "pending"))
+		tokens = p.LPosCount(ctx, b.key(queue, "pending"), "", 0, redis.LPosArgs{Rank: -1, MaxLen: tokenScan})
+		scheduled = p.ZCard(ctx, b.key(queue, "scheduled"))
+		dead = p.LLen(ctx, b.key(queue, "dead"))
+		for i, c := range consumers {
+			wip[i] = p.LLen(ctx, b.key(queue, "wip:"+c))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return s, fmt.Errorf("kiq: stats: %w", err)
+	}
+	s.Pending = pending.Val() - int64(len(tokens.Val()))
+	s.Scheduled, s.Dead, s.Consumers = scheduled.Val(), dead.Val(), int64(len(consumers))
+	for _, c := range wip {
+		s.InFlight += c.Val()
+	}
+	return s, nil
+}
+
+// DeadLetters returns up to limit dead letters of queue, newest first,
+// skipping offset.
+func (b *ListQueue) DeadLetters(ctx context.Context, queue string, offset, limit int) ([]DeadLetter, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	offset = max(offset, 0)
+	raws, err := b.client.LRange(ctx, b.key(queue, "dead"), int64(offset), int64(offset+limit-1)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("kiq: dead letters: %w", err)
+	}
+	out := make([]DeadLetter, 0, len(raws))
+	for _, raw := range raws {
+		var dl DeadLetter
+		if err := msgpack.Unmarshal([]byte(raw), &dl); err != nil {
+			return out, fmt.Errorf("kiq: dead letters: %w", err)
+		}
+		out = append(out, dl)
+	}
+	return out, nil
+}
+
+// TaskExists reports whether the task is pending, scheduled or in flight on
+// queue.
+func (b *ListQueue) TaskExists(ctx context.Context, queue, taskID string) (bool, error) {
+	n, err := b.client.HExists(ctx, b.key(queue, "msg"), taskID).Result()
+	if err != nil {
+		return false, fmt.Errorf("kiq: task exists: %w", err)
+	}
+	return n, nil
+}
 
 //go:embed lua/requeue.lua
 var requeueLua string

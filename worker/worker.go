@@ -529,7 +529,7 @@ func (r *run) execute(d *broker.Delivery) {
 	if d.Message == nil {
 		reason := "undecodable message"
 		if d.Err != nil {
-			reason = d.Err.Error()
+			reason += ": " + d.Err.Error()
 		}
 		r.deadLetter(d, reason)
 		return
@@ -588,7 +588,11 @@ func (r *run) execute(d *broker.Delivery) {
 		<-r.slots
 	default:
 		w.stats.failed.Add(1)
-		r.deadLetter(d, res.Err.Error())
+		reason := res.Err.Error()
+		if errors.Is(res.Err, broker.ErrMalformed) {
+			reason = "bad arguments: " + reason
+		}
+		r.deadLetter(d, reason)
 	}
 }
 

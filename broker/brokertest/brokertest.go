@@ -88,6 +88,8 @@ func Run(t *testing.T, h Harness) {
 		require.Equal(t, int64(3), n)
 		require.NoError(t, c.Ack(ctx, d))
 		fetchNone(t, c, 100*time.Millisecond)
+		require.NoError(t, c.Close(ctx))
+		fetchNone(t, consume(t, b), 100*time.Millisecond) // acknowledged: gone for good
 	})
 
 	t.Run("FIFO", func(t *testing.T) {
@@ -145,9 +147,67 @@ func Run(t *testing.T, h Harness) {
 		select {
 		case err := <-errc:
 			require.ErrorIs(t, err, context.Canceled)
-		case <-time.After(2 * time.Second):
-			t.Fatal("Fetch did not return after its context was cancelled")
+		case <-time.After(500 * time.Millisecond):
+			t.Fatal("Fetch did not return promptly after its context was cancelled")
 		}
+	})
+
+	t.Run("a task kicked as a fetch gives up is not lost", func(t *testing.T) {
+		t.Parallel()
+		b := h.New(t)
+		c1 := consume(t, b)
+		for range 20 {
+			cctx, cancel := context.WithCancel(ctx)
+			type result struct {
+				ds  []*broker.Delivery
+				err error
+			}
+			got := make(chan result, 1)
+			go func() {
+				ds, err := c1.Fetch(cctx, 1)
+				got <- result{ds, err}
+			}()
+			time.Sleep(2 * time.Millisecond)
+			m := msg("t", nil)
+			cancel()
+			require.NoError(t, b.Kick(ctx, m))
+			r := <-got
+			if r.err != nil {
+				require.ErrorIs(t, r.err, context.Canceled)
+			}
+			ds := r.ds
+			if len(ds) == 0 { // the cancelled Fetch did not return it: it is still there
+				ds = fetch(t, c1, 1)
+			}
+			require.Equal(t, m.TaskID, ds[0].ID)
+			require.NoError(t, c1.Ack(ctx, ds...))
+		}
+	})
+
+	t.Run("close ends a blocked fetch; fetch after close fails", func(t *testing.T) {
+		t.Parallel()
+		b := h.New(t)
+		c, err := b.Consume(ctx, broker.ConsumeOptions{})
+		require.NoError(t, err)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Fetch(ctx, 1)
+			errc <- err
+		}()
+		time.Sleep(50 * time.Millisecond)
+		require.NoError(t, c.Close(ctx))
+		select {
+		case err := <-errc:
+			require.ErrorIs(t, err, broker.ErrConsumerClosed)
+		case <-time.After(2 * time.Second):
+			t.Fatal("Fetch did not return after Close")
+		}
+		_, err = c.Fetch(ctx, 1)
+		require.ErrorIs(t, err, broker.ErrConsumerClosed)
+		require.NoError(t, c.Close(ctx), "closing twice is harmless")
+		m := msg("t", nil)
+		require.NoError(t, b.Kick(ctx, m))
+		require.Equal(t, m.TaskID, fetch(t, consume(t, b), 1)[0].ID, "the closed consumer took nothing")
 	})
 
 	t.Run("two consumers never share a delivery", func(t *testing.T) {
@@ -227,6 +287,24 @@ func Run(t *testing.T, h Harness) {
 		ds := fetch(t, consume(t, b), 1)
 		require.Len(t, ds, 1)
 		require.Equal(t, m.TaskID, ds[0].ID)
+	})
+
+	t.Run("retry without delay goes to the tail", func(t *testing.T) {
+		t.Parallel()
+		b := h.New(t)
+		first, second := msg("first", nil), msg("second", nil)
+		require.NoError(t, b.Kick(ctx, first))
+		require.NoError(t, b.Kick(ctx, second))
+		c := consume(t, b)
+		d := fetch(t, c, 1)[0]
+		require.Equal(t, first.TaskID, d.ID)
+		next := *d.Message
+		next.Attempt++
+		require.NoError(t, c.Retry(ctx, d, &next, 0))
+		require.Equal(t, second.TaskID, fetch(t, c, 1)[0].ID)
+		again := fetch(t, c, 1)[0]
+		require.Equal(t, first.TaskID, again.ID)
+		require.Equal(t, 1, again.Message.Attempt)
 	})
 
 	t.Run("retry waits for its delay and raises the attempt", func(t *testing.T) {
@@ -317,28 +395,52 @@ func Run(t *testing.T, h Harness) {
 		require.NoError(t, c.Ack(ctx, ds...))
 	})
 
-	if _, locking := h.New(t).(broker.LockingBroker); !locking {
-		t.Run("a lock on a broker that cannot take it is refused", func(t *testing.T) {
-			b := h.New(t)
-			m := msg("t", nil)
-			m.Lock = &broker.Lock{Key: "k", TTL: time.Second}
-			require.ErrorIs(t, b.Kick(ctx, m), broker.ErrLockUnsupported)
-		})
-	}
+	t.Run("a lock the broker cannot take with the enqueue is refused", func(t *testing.T) {
+		t.Parallel()
+		b := h.New(t)
+		m := msg("t", nil)
+		m.Lock = &broker.Lock{Key: "k", TTL: time.Second} // no client: nothing can take it
+		if lb, ok := b.(broker.LockingBroker); ok {
+			require.False(t, lb.LocksAtomically(m.Lock.Client))
+		}
+		require.ErrorIs(t, b.Kick(ctx, m), broker.ErrLockUnsupported)
+		fetchNone(t, consume(t, b), 100*time.Millisecond)
+	})
+
+	t.Run("stats count tasks by state", func(t *testing.T) {
+		t.Parallel()
+		b := h.New(t)
+		in, ok := b.(broker.Inspector)
+		if !ok {
+			t.Skipf("%T is not a broker.Inspector", b)
+		}
+		for _, l := range []broker.Labels{nil, nil, nil, {broker.LabelDelay: 60}} {
+			require.NoError(t, b.Kick(ctx, msg("t", l)))
+		}
+		c := consume(t, b)
+		ds := fetch(t, c, 2)
+		require.Len(t, ds, 2)
+		require.NoError(t, c.DeadLetter(ctx, ds[0], "x"))
+		s, err := in.Stats(ctx, broker.DefaultQueue)
+		require.NoError(t, err)
+		require.Equal(t, broker.QueueStats{Queue: broker.DefaultQueue, Pending: 1, InFlight: 1, Scheduled: 1, Dead: 1, Consumers: 1}, s)
+		dls, err := in.DeadLetters(ctx, broker.DefaultQueue, 0, 0)
+		require.NoError(t, err)
+		require.Empty(t, dls, "limit 0")
+		dls, err = in.DeadLetters(ctx, broker.DefaultQueue, 1, 10)
+		require.NoError(t, err)
+		require.Empty(t, dls, "past the end")
+	})
 }
 
-// deadLetters reads a queue's dead letters through the broker's inspection
-// method.
+// deadLetters reads a queue's dead letters through broker.Inspector.
 func deadLetters(t *testing.T, b broker.Broker, queue string) []broker.DeadLetter {
 	t.Helper()
-	switch x := b.(type) {
-	case interface {
-		DeadLetters(ctx context.Context, queue string, offset, limit int) ([]broker.DeadLetter, error)
-	}:
-		dls, err := x.DeadLetters(context.Background(), queue, 0, 100)
-		require.NoError(t, err)
-		return dls
+	in, ok := b.(broker.Inspector)
+	if !ok {
+		t.Fatalf("brokertest: %T is not a broker.Inspector, which the dead-letter test needs", b)
 	}
-	t.Fatalf("brokertest: %T has no DeadLetters(ctx, queue, offset, limit) method", b)
-	return nil
+	dls, err := in.DeadLetters(context.Background(), queue, 0, 100)
+	require.NoError(t, err)
+	return dls
 }

@@ -1,0 +1,474 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Bounds of one blocking wait (see Fetch).
+const (
+	minBlock        = 5 * time.Millisecond
+	multiQueueBlock = 50 * time.Millisecond
+	giveBackTimeout = 5 * time.Second
+)
+
+// lqConsumer is a consumer of a ListQueue. Its id names its in-flight lists
+// (P:{q}:wip:<id>) and its entries in the queues' consumers sets.
+type lqConsumer struct {
+	b      *ListQueue
+	id     string
+	queues []string
+	next   atomic.Uint32 // rotates the queue taken from first and blocked on
+
+	// life ends when the consumer is closed or the context given to Consume
+	// ends: the heartbeat stops and Fetch fails.
+	life   context.Context
+	end    context.CancelFunc
+	hbDone chan struct{} // closed when the heartbeat goroutine returns
+
+	mu       sync.Mutex
+	closed   bool           // Close was called
+	released bool           // Close handed back the consumer's tasks
+	busy     sync.WaitGroup // Fetch calls and their BLMOVEs in progress
+}
+
+func (c *lqConsumer) wip(queue string) string { return c.b.key(queue, "wip:"+c.id) }
+
+// reapKeys are reap.lua's KEYS for consumer on queue.
+func (b *ListQueue) reapKeys(queue, consumer string) []string {
+	return []string{b.key(queue, "wip:"+consumer), b.key(queue, "pending"), b.key(queue, "consumers"), b.key(queue, "msg")}
+}
+
+// lifeErr is Fetch's error once the consumer's life ended.
+func (c *lqConsumer) lifeErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrConsumerClosed
+	}
+	return fmt.Errorf("%w: the context given to Consume ended", ErrConsumerClosed)
+}
+
+// heartbeats renews the consumer's deadline every interval, and reaps dead
+// consumers, until the consumer's life ends. Failures are logged once per
+// outage and retried at the next tick.
+func (c *lqConsumer) heartbeats() {
+	defer close(c.hbDone)
+	t := time.NewTicker(c.b.hbInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-c.life.Done():
+			return
+		case <-t.C:
+		}
+		err := c.heartbeat(c.life)
+		switch {
+		case c.life.Err() != nil:
+			return
+		case err != nil && !failing:
+			c.b.log.Warn("kiq: consumer heartbeat failed; retrying", slog.String("consumer", c.id), slog.Any("error", err))
+			failing = true
+		case err == nil && failing:
+			c.b.log.Info("kiq: consumer heartbeat recovered", slog.String("consumer", c.id))
+			failing = false
+		}
+	}
+}
+
+// heartbeat renews the consumer's deadline on each of its queues and
+// redelivers the tasks of the consumers found dead there.
+func (c *lqConsumer) heartbeat(ctx context.Context) error {
+	ttl := c.b.hbTTL.Milliseconds()
+	for _, q := range c.queues {
+		dead, err := heartbeatScript.Run(ctx, c.b.client, []string{c.b.key(q, "consumers")}, c.id, ttl).StringSlice()
+		if err != nil {
+			return fmt.Errorf("kiq: heartbeat: %w", err)
+		}
+		for _, d := range dead {
+			if err := c.reap(ctx, q, d); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// reap redelivers the tasks of the consumer dead on queue q, if it is still
+// dead.
+func (c *lqConsumer) reap(ctx context.Context, q, dead string) error {
+	n, err := reapScript.Run(ctx, c.b.client, c.b.reapKeys(q, dead), dead, "1").Int()
+	if err != nil {
+		return fmt.Errorf("kiq: reap: %w", err)
+	}
+	if n > 0 {
+		c.b.log.Warn("kiq: consumer died; its tasks are delivered again",
+			slog.String("queue", q), slog.String("consumer", dead), slog.Int("tasks", n))
+	}
+	return nil
+}
+
+// enter counts a Fetch in, unless the consumer is closed.
+func (c *lqConsumer) enter() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrConsumerClosed
+	}
+	c.busy.Add(1)
+	return nil
+}
+
+// Fetch takes up to limit tasks, blocking until one is ready.
+//
+// It first runs take.lua on each queue in turn (a different queue first on
+// each call, so that a busy queue does not starve the others). When all are
+// empty it blocks in BLMOVE on one queue, which wakes the moment a task is
+// pushed there, for at most until the earliest scheduled task is due,
+// clamped to [5 ms, 1 s] (see block). Consuming several queues, it blocks
+// on one at a time, in rotation, for at most 50 ms: Redis has no blocking
+// move from several lists, so a task on another queue may wait up to that
+// long (plus a round trip per queue); a consumer per queue avoids it.
+func (c *lqConsumer) Fetch(ctx context.Context, limit int) ([]*Delivery, error) {
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.busy.Done()
+	limit = max(limit, 1)
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if c.life.Err() != nil {
+			return nil, c.lifeErr()
+		}
+		first := int(c.next.Add(1) % uint32(len(c.queues)))
+		ds, wait, err := c.takeAny(ctx, first, limit)
+		if err != nil || len(ds) > 0 {
+			return ds, err
+		}
+		q := c.queues[first]
+		id, moved, err := c.block(ctx, q, c.blockFor(ctx, wait))
+		if err != nil {
+			return nil, err
+		}
+		if !moved {
+			continue // the wait ended: a scheduled task may be due
+		}
+		if ds, _, err = c.take(ctx, q, limit, id); err != nil || len(ds) > 0 {
+			return ds, err
+		}
+		// A wake-up token: a task was scheduled earlier; wait less.
+	}
+}
+
+// takeAny runs take on every queue from the first-th until one returns
+// tasks. wait is the time until the earliest scheduled task is due, or -1.
+func (c *lqConsumer) takeAny(ctx context.Context, first, limit int) (ds []*Delivery, wait time.Duration, err error) {
+	wait = -1
+	for i := range c.queues {
+		q := c.queues[(first+i)%len(c.queues)]
+		ds, next, err := c.take(ctx, q, limit)
+		if err != nil || len(ds) > 0 {
+			return ds, 0, err
+		}
+		if next >= 0 && (wait < 0 || next < wait) {
+			wait = next
+		}
+	}
+	return nil, wait, nil
+}
+
+// blockFor is how long to block in BLMOVE given the time until the next
+// scheduled task (-1: none) and ctx's deadline.
+func (c *lqConsumer) blockFor(ctx context.Context, wait time.Duration) time.Duration {
+	d := c.b.maxBlock
+	if len(c.queues) > 1 {
+		d = min(d, multiQueueBlock)
+	}
+	if wait >= 0 {
+		d = min(d, wait)
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(deadline))
+	}
+	return max(d, minBlock)
+}
+
+// take runs take.lua on queue q: due scheduled tasks are queued, then up to
+// limit tasks (the claimed ones first) are returned, with how long until the
+// next scheduled task is due (-1: none).
+func (c *lqConsumer) take(ctx context.Context, q string, limit int, claimed ...string) ([]*Delivery, time.Duration, error) {
+	keys := []string{c.b.key(q, "pending"), c.wip(q), c.b.key(q, "msg"), c.b.key(q, "scheduled"), c.b.key(q, "consumers")}
+	args := make([]any, 0, 3+len(claimed))
+	args = append(args, c.id, c.b.hbTTL.Milliseconds(), limit)
+	for _, id := range claimed {
+		args = append(args, id)
+	}
+	res, err := takeScript.Run(ctx, c.b.client, keys, args...).Slice()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, 0, ctx.Err()
+		}
+		return nil, 0, fmt.Errorf("kiq: fetch: %w", err)
+	}
+	return parseTake(c.b.formatter, c.b.maxSize, q, res)
+}
+
+// parseTake decodes take.lua's reply: {wait ms, {id, message, ...}}. A
+// message over maxSize is not decoded: its delivery carries the error.
+func parseTake(f Formatter, maxSize int, q string, res []any) ([]*Delivery, time.Duration, error) {
+	var ms int64
+	var pairs []any
+	ok := len(res) == 2
+	if ok {
+		ms, ok = res[0].(int64)
+	}
+	if ok {
+		pairs, ok = res[1].([]any)
+	}
+	if !ok {
+		return nil, 0, fmt.Errorf("kiq: fetch: unexpected reply %v", res)
+	}
+	wait := time.Duration(ms) * time.Millisecond
+	if ms < 0 {
+		wait = -1
+	}
+	ds := make([]*Delivery, 0, len(pairs)/2)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		id, _ := pairs[i].(string)
+		raw, _ := pairs[i+1].(string)
+		var d *Delivery
+		if len(raw) > maxSize {
+			d = &Delivery{Queue: q, Raw: []byte(raw), Err: fmt.Errorf("%w: %d bytes, the limit is %d", ErrMalformed, len(raw), maxSize)}
+		} else {
+			d = decodeDelivery(f, q, []byte(raw))
+		}
+		d.ID = id
+		ds = append(ds, d)
+	}
+	return ds, wait, nil
+}
+
+// blocked is the outcome of one BLMOVE.
+type blocked struct {
+	id    string
+	moved bool // false: the wait ended with nothing to take
+	err   error
+}
+
+// block waits in BLMOVE for an id on queue q, for up to wait, and moves it
+// into the consumer's in-flight list.
+//
+// BLMOVE runs in a goroutine, for two reasons: go-redis does not interrupt a
+// command when its context is cancelled, so block returns as soon as ctx or
+// the consumer's life ends; and Redis checks blocking timeouts only on its
+// cron tick (every 100 ms at the default hz 10), so a wait shorter than
+// maxBlock (a scheduled task due soon, several queues) ends on a client-side
+// timer, on time. An abandoned BLMOVE goes on for at most its timeout and a
+// tick, and hands back what it takes. Close waits for it.
+func (c *lqConsumer) block(ctx context.Context, q string, wait time.Duration) (string, bool, error) {
+	got := make(chan blocked) // unbuffered: a result is either received or handed back
+	gaveUp := make(chan struct{})
+	c.busy.Add(1) // within a Fetch's count, so Close waits for it
+	go c.blmove(ctx, q, wait, got, gaveUp)
+	var timeout <-chan time.Time
+	if wait < c.b.maxBlock {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case r := <-got:
+		return r.id, r.moved, r.err
+	case <-timeout:
+		close(gaveUp)
+		return "", false, nil
+	case <-ctx.Done():
+		close(gaveUp)
+		return "", false, ctx.Err()
+	case <-c.life.Done():
+		close(gaveUp)
+		return "", false, c.lifeErr()
+	}
+}
+
+func (c *lqConsumer) blmove(ctx context.Context, q string, wait time.Duration, got chan<- blocked, gaveUp <-chan struct{}) {
+	defer c.busy.Done()
+	secs := strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)
+	id, err := c.b.client.Do(context.WithoutCancel(ctx), "BLMOVE", c.b.key(q, "pending"), c.wip(q), "RIGHT", "LEFT", secs).Text()
+	r := blocked{id: id, moved: err == nil}
+	if err != nil && !errors.Is(err, redis.Nil) {
+		r.err = fmt.Errorf("kiq: fetch: %w", err)
+	}
+	select {
+	case got <- r:
+	case <-gaveUp:
+		c.giveBack(q, r)
+	}
+}
+
+// giveBack returns to the head of q an id a BLMOVE took for a Fetch that
+// gave up. If it fails, the id stays in flight until Close or a reap.
+func (c *lqConsumer) giveBack(q string, r blocked) {
+	if !r.moved {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
+	defer cancel()
+	if err := handBackScript.Run(ctx, c.b.client, []string{c.wip(q), c.b.key(q, "pending")}, r.id).Err(); err != nil {
+		c.b.log.Warn("kiq: handing back a task taken after its Fetch ended failed; Close or a reap returns it",
+			slog.String("queue", q), slog.String("task_id", r.id), slog.Any("error", err))
+	}
+}
+
+// Ack settles deliveries as done: one ack.lua per queue, all in one round
+// trip. Settling a delivery the consumer no longer holds (it was delivered
+// again after the consumer was taken for dead) does nothing.
+func (c *lqConsumer) Ack(ctx context.Context, ds ...*Delivery) error {
+	return c.perQueue(ctx, "ack", ackScript, ds, func(q string) []string {
+		return []string{c.wip(q), c.b.key(q, "msg")}
+	})
+}
+
+// HandBack returns deliveries to the head of their queues, the first to be
+// taken first: one handback.lua per queue, all in one round trip.
+func (c *lqConsumer) HandBack(ctx context.Context, ds ...*Delivery) error {
+	return c.perQueue(ctx, "hand back", handBackScript, ds, func(q string) []string {
+		return []string{c.wip(q), c.b.key(q, "pending")}
+	})
+}
+
+// queueIDs are the ids of the deliveries of one queue, in order.
+type queueIDs struct {
+	queue string
+	ids   []any
+}
+
+func groupByQueue(ds []*Delivery) []queueIDs {
+	var groups []queueIDs
+	for _, d := range ds {
+		i := slices.IndexFunc(groups, func(g queueIDs) bool { return g.queue == d.Queue })
+		if i < 0 {
+			groups = append(groups, queueIDs{queue: d.Queue, ids: make([]any, 0, len(ds))})
+			i = len(groups) - 1
+		}
+		groups[i].ids = append(groups[i].ids, d.ID)
+	}
+	return groups
+}
+
+// perQueue runs script once per queue of ds, with keys(queue) and the ids
+// of that queue's deliveries: one round trip whatever the count.
+func (c *lqConsumer) perQueue(ctx context.Context, what string, script *redis.Script, ds []*Delivery, keys func(string) []string) error {
+	if len(ds) == 0 {
+		return nil
+	}
+	groups := groupByQueue(ds)
+	var err error
+	if len(groups) == 1 {
+		err = script.Run(ctx, c.b.client, keys(groups[0].queue), groups[0].ids...).Err()
+	} else {
+		err = c.b.pipelineScript(ctx, script, func(p redis.Pipeliner) {
+			for _, g := range groups {
+				script.EvalSha(ctx, p, keys(g.queue), g.ids...)
+			}
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("kiq: %s: %w", what, err)
+	}
+	return nil
+}
+
+// pipelineScript sends fill's EVALSHAs of script in one pipeline, loading
+// the script and sending them again when Redis does not know it (after a
+// restart). The scripts must be safe to run twice.
+func (b *ListQueue) pipelineScript(ctx context.Context, script *redis.Script, fill func(redis.Pipeliner)) error {
+	send := func(p redis.Pipeliner) error { fill(p); return nil }
+	_, err := b.client.Pipelined(ctx, send)
+	if err == nil || !redis.HasErrorPrefix(err, "NOSCRIPT") {
+		return err
+	}
+	if err := script.Load(ctx, b.client).Err(); err != nil {
+		return err
+	}
+	_, err = b.client.Pipelined(ctx, send)
+	return err
+}
+
+// Retry settles d and sends msg again: scheduled after delay, or at the
+// tail of the queue when delay <= 0.
+func (c *lqConsumer) Retry(ctx context.Context, d *Delivery, msg *Message, delay time.Duration) error {
+	raw, err := c.b.formatter.EncodeMessage(msg)
+	if err != nil {
+		return err
+	}
+	q := d.Queue
+	keys := []string{c.wip(q), c.b.key(q, "msg"), c.b.key(q, "pending"), c.b.key(q, "scheduled")}
+	if err := retryScript.Run(ctx, c.b.client, keys, d.ID, raw, delay.Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("kiq: retry: %w", err)
+	}
+	return nil
+}
+
+// DeadLetter settles d by recording it, with reason, in its queue's
+// dead-letter list (newest first, capped by WithDeadLetterLimit). The dead
+// letter keeps the task id even when the message did not decode.
+func (c *lqConsumer) DeadLetter(ctx context.Context, d *Delivery, reason string) error {
+	dl := DeadLetter{TaskID: d.ID, Queue: d.Queue, Reason: reason, At: time.Now(), Raw: d.Raw}
+	if d.Message != nil {
+		dl.TaskName, dl.Attempt = d.Message.TaskName, d.Message.Attempt
+	}
+	entry, err := msgpack.Marshal(&dl)
+	if err != nil {
+		return fmt.Errorf("kiq: dead letter: %w", err)
+	}
+	q := d.Queue
+	keys := []string{c.wip(q), c.b.key(q, "msg"), c.b.key(q, "dead")}
+	if err := deadScript.Run(ctx, c.b.client, keys, d.ID, entry, c.b.deadLimit).Err(); err != nil {
+		return fmt.Errorf("kiq: dead letter: %w", err)
+	}
+	return nil
+}
+
+// Close stops the heartbeat and any Fetch in progress, hands back every
+// task the consumer still holds and deregisters it. If Redis cannot be
+// reached, Close fails and may be called again; otherwise the consumer's
+// tasks are delivered again once its heartbeat TTL passes.
+func (c *lqConsumer) Close(ctx context.Context) error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.end()
+	c.busy.Wait()
+	<-c.hbDone
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.released {
+		return nil
+	}
+	var errs []error
+	for _, q := range c.queues {
+		if err := reapScript.Run(ctx, c.b.client, c.b.reapKeys(q, c.id), c.id, "0").Err(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("kiq: close consumer: %w", errors.Join(errs...))
+	}
+	c.released = true
+	return nil
+}
