@@ -42,6 +42,25 @@ type Broker interface {
 	Shutdown(ctx context.Context) error
 }
 
+// BulkKicker is implemented by brokers that send many messages in one
+// round trip. KickMany returns one error per message, in order.
+type BulkKicker interface {
+	KickMany(ctx context.Context, msgs []*Message) []error
+}
+
+// KickMany sends msgs through b: in bulk where b is a BulkKicker, one by
+// one otherwise. It returns one error per message, in order.
+func KickMany(ctx context.Context, b Broker, msgs []*Message) []error {
+	if bk, ok := b.(BulkKicker); ok {
+		return bk.KickMany(ctx, msgs)
+	}
+	errs := make([]error, len(msgs))
+	for i, m := range msgs {
+		errs[i] = b.Kick(ctx, m)
+	}
+	return errs
+}
+
 // Middleware is a value registered on a broker with WithMiddlewares. It takes
 // part in a task's life through the hook interfaces of package middleware
 // (PreSend, PostExecute, ...), of which it implements any subset.

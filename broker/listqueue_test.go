@@ -615,3 +615,24 @@ func BenchmarkKickToStart(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Microseconds())/float64(b.N), "µs-kick-to-fetch")
 }
+
+func BenchmarkKickMany(b *testing.B) {
+	srv := redistest.Shared(b)
+	q, err := broker.NewListQueue(srv.URL(), broker.WithKeyPrefix(redistest.Prefix(b)))
+	require.NoError(b, err)
+	defer q.Shutdown(context.Background())
+	ctx := context.Background()
+	msgs := make([]*broker.Message, 1000)
+	b.ReportAllocs()
+	for b.Loop() {
+		for i := range msgs {
+			msgs[i] = &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}}
+		}
+		for _, err := range q.KickMany(ctx, msgs) {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(len(msgs)*b.N)/b.Elapsed().Seconds(), "tasks/s")
+}

@@ -58,3 +58,19 @@ func TestKiqWrapsTheCauseAndTheChainIsFrozenOnFirstUse(t *testing.T) {
 	require.ErrorIs(t, err, cause)
 	require.Contains(t, err.Error(), "kiq: kick u: refused")
 }
+
+func TestKiqManyWithoutABulkBroker(t *testing.T) {
+	b := broker.NewInMemory()
+	k := kicker.New[Args](&kicker.Target{Broker: b, Name: "t", Labels: broker.Labels{}})
+	handles, errs := k.WithLabels(broker.Labels{"timeout": "later"}).KiqMany(context.Background(), []Args{{N: 1}})
+	require.ErrorIs(t, errs[0], broker.ErrBadLabel)
+	require.Nil(t, handles[0])
+	handles, errs = k.KiqMany(context.Background(), []Args{{N: 1}, {N: 2}, {N: 3}})
+	for i := range 3 {
+		require.NoError(t, errs[i])
+		require.NotEmpty(t, handles[i].TaskID())
+	}
+	s, err := b.Stats(context.Background(), broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Equal(t, int64(3), s.Pending)
+}

@@ -60,22 +60,61 @@ func NewChain(mws []broker.Middleware) *Chain {
 // Send runs the PreSend hooks, then send, then PostSend or OnSendError, and
 // returns the first error.
 func (c *Chain) Send(ctx context.Context, msg *broker.Message, send func(context.Context, *broker.Message) error) error {
+	if err := c.preSendOne(ctx, msg); err != nil {
+		return err
+	}
+	err := send(ctx, msg)
+	c.postSendOne(ctx, msg, err)
+	return err
+}
+
+// SendMany is Send for a batch: the PreSend hooks of every message, then
+// one sendMany call for the messages they let through, then PostSend or
+// OnSendError for each. It returns one error per message (nil: sent).
+func (c *Chain) SendMany(ctx context.Context, msgs []*broker.Message, sendMany func(context.Context, []*broker.Message) []error) []error {
+	errs := make([]error, len(msgs))
+	ready := make([]*broker.Message, 0, len(msgs))
+	at := make([]int, 0, len(msgs))
+	for i, m := range msgs {
+		if errs[i] = c.preSendOne(ctx, m); errs[i] == nil {
+			ready = append(ready, m)
+			at = append(at, i)
+		}
+	}
+	if len(ready) == 0 {
+		return errs
+	}
+	sendErrs := sendMany(ctx, ready)
+	for j, m := range ready {
+		errs[at[j]] = sendErrs[j]
+		c.postSendOne(ctx, m, sendErrs[j])
+	}
+	return errs
+}
+
+// preSendOne runs the PreSend hooks of msg; on a failure, the middlewares
+// registered before the failing one, whose PreSend succeeded or who have
+// none, hear of it.
+func (c *Chain) preSendOne(ctx context.Context, msg *broker.Message) error {
 	for i, h := range c.preSend {
 		if err := h.PreSend(ctx, msg); err != nil {
-			// Middlewares registered before the failing one, whose PreSend
-			// succeeded or who have none, hear of the failure.
 			c.sendFailed(ctx, msg, err, c.sendIndex[i])
 			return err
 		}
 	}
-	if err := send(ctx, msg); err != nil {
+	return nil
+}
+
+// postSendOne runs the PostSend hooks after a send, or the OnSendError
+// hooks after a failed one.
+func (c *Chain) postSendOne(ctx context.Context, msg *broker.Message, err error) {
+	if err != nil {
 		c.sendFailed(ctx, msg, err, len(c.sendError))
-		return err
+		return
 	}
 	for i := len(c.postSend) - 1; i >= 0; i-- {
 		c.postSend[i].PostSend(ctx, msg)
 	}
-	return nil
 }
 
 func (c *Chain) sendFailed(ctx context.Context, msg *broker.Message, err error, n int) {

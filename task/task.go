@@ -123,6 +123,12 @@ func (t *Task[Args]) Kiq(ctx context.Context, args Args) (*kicker.Handle, error)
 	return t.Kicker().Kiq(ctx, args)
 }
 
+// KiqMany sends one task per element of args in bulk; see
+// kicker.Kicker.KiqMany.
+func (t *Task[Args]) KiqMany(ctx context.Context, args []Args) ([]*kicker.Handle, []error) {
+	return t.Kicker().KiqMany(ctx, args)
+}
+
 // Execute decodes msg's arguments and runs the task. It implements
 // broker.Handler for the worker.
 func (t *Task[Args]) Execute(ctx context.Context, msg *broker.Message) (any, error) {

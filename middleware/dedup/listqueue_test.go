@@ -171,3 +171,42 @@ func (fixedRetrier) RetryDelay(msg *broker.Message, err error) (time.Duration, b
 	limit, _ := msg.Labels.Int(broker.LabelMaxRetries)
 	return 10 * time.Millisecond, on && int64(msg.Attempt) < limit
 }
+
+func TestKiqManyDeduplicatesWithinAndAcrossBatches(t *testing.T) {
+	b, _, client, _ := listQueue(t)
+	tk := welcome(t, b)
+	ctx := context.Background()
+	args := make([]WelcomeArgs, 2500)
+	for i := range args {
+		args[i] = WelcomeArgs{UserID: i % 2000, Locale: "en"} // 500 repeats
+	}
+	_, err := tk.Kiq(ctx, WelcomeArgs{UserID: -1}) // loads the kick script
+	require.NoError(t, err)
+	counter := &commandCounter{}
+	client.AddHook(counter)
+	handles, errs := tk.KiqMany(ctx, args)
+	require.LessOrEqual(t, counter.n.Load(), int64(4), "one round trip per thousand kicks (and one EVAL when the script is new)")
+	sent, dups := 0, 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			sent++
+			require.NotEmpty(t, handles[i].TaskID())
+		case errors.Is(err, dedup.ErrDuplicateTask):
+			dups++
+			require.Nil(t, handles[i])
+		default:
+			t.Fatalf("kick %d: %v", i, err)
+		}
+	}
+	require.Equal(t, 2000, sent)
+	require.Equal(t, 500, dups)
+	stats, err := b.Stats(ctx, broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Equal(t, int64(2001), stats.Pending)
+
+	_, errs = tk.KiqMany(ctx, args[:10])
+	for _, err := range errs {
+		require.ErrorIs(t, err, dedup.ErrDuplicateTask, "locked by the first batch")
+	}
+}
