@@ -83,6 +83,12 @@ func (k *kiqSys) send(ctx context.Context, a benchArgs) error {
 	return err
 }
 
+// sendMany kicks args in one bulk call (task.KiqMany).
+func (k *kiqSys) sendMany(ctx context.Context, args []benchArgs) error {
+	_, errs := k.t.KiqMany(ctx, args)
+	return errors.Join(errs...)
+}
+
 func (k *kiqSys) startWorker(concurrency int, onRun func(benchArgs)) error {
 	k.onRun = onRun
 	ctx, cancel := context.WithCancel(context.Background())
