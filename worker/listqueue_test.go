@@ -2,12 +2,15 @@ package worker_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kiq-go/kiq/broker"
 	"github.com/kiq-go/kiq/internal/redistest"
+	"github.com/kiq-go/kiq/middleware"
 	"github.com/kiq-go/kiq/task"
 	"github.com/kiq-go/kiq/worker"
 	"github.com/stretchr/testify/require"
@@ -105,4 +108,33 @@ func TestUndecodableMessageOnRedisIsDeadLettered(t *testing.T) {
 	require.Equal(t, "garbage", dls[0].TaskID)
 	require.Equal(t, "\xc1\xff", string(dls[0].Raw))
 	require.Contains(t, dls[0].Reason, "kiq: malformed message")
+}
+
+// The retry middleware on Redis: max_retries retries with backoff, then the
+// dead-letter list with the last error and the attempt count.
+func TestRetryMiddlewareOnRedis(t *testing.T) {
+	b, err := broker.NewListQueue(redistest.Shared(t).URL(), broker.WithKeyPrefix(redistest.Prefix(t)))
+	require.NoError(t, err)
+	defer b.Shutdown(context.Background())
+	b.WithMiddlewares(middleware.NewRetry(middleware.RetryOptions{Base: 20 * time.Millisecond, Cap: 50 * time.Millisecond}))
+	var runs atomic.Int64
+	tk := task.Define(b, "flaky", func(ctx context.Context, a Args) error {
+		return fmt.Errorf("failure %d", runs.Add(1))
+	}, task.WithLabels(task.Labels{"retry_on_error": true, "max_retries": 2}))
+	ctx := context.Background()
+	h, err := tk.Kiq(ctx, Args{})
+	require.NoError(t, err)
+	w := newQuietWorker(b)
+	start(t, w)
+	require.Eventually(t, func() bool {
+		dls, err := b.DeadLetters(ctx, broker.DefaultQueue, 0, 10)
+		return err == nil && len(dls) == 1
+	}, 5*time.Second, 10*time.Millisecond)
+	dls, err := b.DeadLetters(ctx, broker.DefaultQueue, 0, 10)
+	require.NoError(t, err)
+	require.Equal(t, h.TaskID(), dls[0].TaskID)
+	require.Equal(t, 2, dls[0].Attempt)
+	require.Equal(t, "failure 3", dls[0].Reason, "the last error")
+	require.Equal(t, int64(3), runs.Load(), "the first run and two retries")
+	require.Equal(t, int64(2), w.Stats().Retried)
 }
