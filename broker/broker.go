@@ -121,6 +121,14 @@ type Delivery struct {
 	Err error
 }
 
+// unlock returns the lock the delivery's settlement should release.
+func (d *Delivery) unlock() *Lock {
+	if d.Message == nil {
+		return nil
+	}
+	return d.Message.Unlock
+}
+
 // Registry holds the tasks defined on a broker, by name. It is safe for
 // concurrent use.
 type Registry struct {

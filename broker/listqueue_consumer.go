@@ -337,9 +337,44 @@ func (c *lqConsumer) giveBack(q string, r blocked) {
 // trip. Settling a delivery the consumer no longer holds (it was delivered
 // again after the consumer was taken for dead) does nothing.
 func (c *lqConsumer) Ack(ctx context.Context, ds ...*Delivery) error {
-	return c.perQueue(ctx, "ack", ackScript, ds, func(q string) []string {
-		return []string{c.wip(q), c.b.key(q, "msg")}
-	})
+	if len(ds) == 0 {
+		return nil
+	}
+	type call struct {
+		keys []string
+		args []any
+	}
+	var queues []string
+	calls := map[string]*call{}
+	for _, d := range ds {
+		cl := calls[d.Queue]
+		if cl == nil {
+			cl = &call{keys: []string{c.wip(d.Queue), c.b.key(d.Queue, "msg")}}
+			calls[d.Queue] = cl
+			queues = append(queues, d.Queue)
+		}
+		lock := 0
+		if l := d.unlock(); l != nil && c.b.LocksAtomically(l.Client) {
+			cl.keys = append(cl.keys, l.Key)
+			lock = len(cl.keys)
+		}
+		cl.args = append(cl.args, d.ID, lock)
+	}
+	var err error
+	if len(queues) == 1 {
+		cl := calls[queues[0]]
+		err = ackScript.Run(ctx, c.b.client, cl.keys, cl.args...).Err()
+	} else {
+		err = c.b.pipelineScript(ctx, ackScript, func(p redis.Pipeliner) {
+			for _, q := range queues {
+				ackScript.EvalSha(ctx, p, calls[q].keys, calls[q].args...)
+			}
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("kiq: ack: %w", err)
+	}
+	return nil
 }
 
 // HandBack returns deliveries to the head of their queues, the first to be
@@ -437,6 +472,9 @@ func (c *lqConsumer) DeadLetter(ctx context.Context, d *Delivery, reason string)
 	}
 	q := d.Queue
 	keys := []string{c.wip(q), c.b.key(q, "msg"), c.b.key(q, "dead")}
+	if l := d.unlock(); l != nil && c.b.LocksAtomically(l.Client) {
+		keys = append(keys, l.Key)
+	}
 	if err := deadScript.Run(ctx, c.b.client, keys, d.ID, entry, c.b.deadLimit).Err(); err != nil {
 		return fmt.Errorf("kiq: dead letter: %w", err)
 	}

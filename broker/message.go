@@ -36,6 +36,12 @@ type Message struct {
 	// Redis lock before the message becomes visible (see [Lock]). It never
 	// travels on the wire.
 	Lock *Lock `msgpack:"-"`
+	// Unlock, when set by a middleware's PostExecute, asks the consumer to
+	// release that lock (compare-and-delete against TaskID) in the same
+	// script that settles the delivery as done or dead, where the broker
+	// shares the lock's Redis (LockingBroker). A consumer that cannot leaves
+	// it: the middleware releases it itself then. Never on the wire.
+	Unlock *Lock `msgpack:"-"`
 }
 
 // Queue returns the queue named by the message's queue label, or def.

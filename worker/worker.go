@@ -576,7 +576,7 @@ func (r *run) execute(d *broker.Delivery) {
 		w.stats.failed.Add(1)
 		next := *msg
 		next.Attempt++
-		next.Lock = nil
+		next.Lock, next.Unlock = nil, nil
 		if _, err := w.b.Formatter().EncodeMessage(&next); err != nil {
 			// Retrying could never succeed.
 			r.deadLetter(d, fmt.Sprintf("%v (cannot retry: %v)", res.Err, err))

@@ -1,15 +1,21 @@
 -- ack: settle finished tasks: drop them from the in-flight list and their
--- messages.
+-- messages, and release the deduplication locks they hold.
 -- KEYS[1]  P:{q}:wip:<consumer>
 -- KEYS[2]  P:{q}:msg
--- ARGV     task ids
+-- KEYS[3…] lock keys to release (compare-and-delete against the task id)
+-- ARGV     two per task: its id, and the index in KEYS of its lock (0: none)
 -- Returns  the number of ids that were in flight. An id no longer in flight
--- (handed back meanwhile) is left alone, so settling twice is harmless.
+-- (handed back meanwhile) is left alone, its lock too, so settling twice is
+-- harmless.
 local n = 0
-for _, id in ipairs(ARGV) do
+for i = 1, #ARGV, 2 do
+  local id, lock = ARGV[i], tonumber(ARGV[i + 1])
   if redis.call('LREM', KEYS[1], 1, id) > 0 then
     redis.call('HDEL', KEYS[2], id)
     n = n + 1
+    if lock > 0 and redis.call('GET', KEYS[lock]) == id then
+      redis.call('DEL', KEYS[lock])
+    end
   end
 end
 return n

@@ -4,9 +4,10 @@ import (
 	"bytes"
 	"context"
 	"regexp"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/kiq-go/kiq/internal/testlog"
 
 	"github.com/kiq-go/kiq/internal/redistest"
 	"github.com/kiq-go/kiq/worker/cli"
@@ -15,28 +16,11 @@ import (
 
 func TestMain(m *testing.M) { redistest.Main(m) }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // The no-flag quick start: tasks kicked, run and acknowledged within
 // seconds, failures dead-lettered, with a progress line.
 func TestQuickStart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
+	var stderr testlog.Buffer
 	code := make(chan int, 1)
 	app := cli.App{Name: "taskworker", Setup: setup, Demo: demo}
 	go func() { code <- app.Run(ctx, []string{"--progress", "100ms"}, &bytes.Buffer{}, &stderr) }()

@@ -4,9 +4,10 @@ import (
 	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/kiq-go/kiq/internal/testlog"
 
 	"github.com/kiq-go/kiq/internal/redistest"
 	"github.com/stretchr/testify/require"
@@ -14,26 +15,9 @@ import (
 
 func TestMain(m *testing.M) { redistest.Main(m) }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestTheDemoShouts(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
+	var stderr testlog.Buffer
 	code := make(chan int, 1)
 	go func() { code <- app().Run(ctx, []string{"--progress", "0"}, &bytes.Buffer{}, &stderr) }()
 	require.Eventually(t, func() bool {

@@ -1,7 +1,6 @@
 package reliability_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,9 +15,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/kiq-go/kiq/internal/testlog"
 
 	"github.com/kiq-go/kiq/broker"
 	"github.com/kiq-go/kiq/internal/redistest"
@@ -28,30 +28,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// syncBuffer collects logs from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runLoad kicks n tasks from a producer that retries failed kicks, with a
 // worker running, and calls fault halfway. It returns the kicks Redis
 // acknowledged and the client to read executions with.
 func runLoad(t *testing.T, srv *redistest.Server, n int, fault func()) {
 	prefix := "load"
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	b, record, err := setup(srv.URL(), prefix, 100*time.Millisecond)
 	require.NoError(t, err)
@@ -151,7 +133,7 @@ func TestPasswordStaysSecret(t *testing.T) {
 	srv := redistest.Start(t)
 	srv.Kill(t)
 	url := "redis://kiq:hunter2-secret@" + srv.Addr() + "/0"
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	b, err := broker.NewListQueue(url, broker.WithLogger(log))
 	require.NoError(t, err)

@@ -276,6 +276,14 @@ func (m *Middleware) OnSendError(ctx context.Context, msg *broker.Message, err e
 		m.stats.taken.Add(-1)
 		return
 	}
+	if m.lockAtomically() {
+		// The broker releases it in the script that settles the delivery:
+		// no round trip of its own, and no release if the delivery is
+		// handed back instead (the task then still owes its run).
+		msg.Unlock = &broker.Lock{Client: m.client, Key: key}
+		m.stats.released.Add(1)
+		return
+	}
 	m.release(ctx, msg.TaskName, key, msg.TaskID)
 }
 
@@ -324,6 +332,10 @@ func (m *Middleware) PreExecute(ctx context.Context, msg *broker.Message) (conte
 		return ctx, nil
 	}
 	ttl := m.runningTTL(msg)
+	if m.surelyHeld(msg) {
+		m.track(key, msg.TaskID, ttl)
+		return ctx, nil
+	}
 	res, err := m.calls.Script(ctx, ownScript, []string{key}, msg.TaskID, ttl.Milliseconds()).Slice()
 	switch {
 	case err != nil:
@@ -340,17 +352,43 @@ func (m *Middleware) PreExecute(ctx context.Context, msg *broker.Message) (conte
 			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.String("holder_task_id", holder))
 		return ctx, nil
 	}
-	if m.cfg.heartbeat {
-		m.mu.Lock()
-		m.running[key] = &heldLock{taskID: msg.TaskID, ttl: ttl}
-		m.mu.Unlock()
-	}
+	m.track(key, msg.TaskID, ttl)
 	return ctx, nil
 }
 
-// PostExecute releases the lock when the task completed or finally failed.
-// A task that will be retried keeps its lock, extended to cover the retry's
-// delay.
+// surelyHeld reports whether msg's lock is certainly still held by its task
+// without asking Redis: a first attempt, kicked so recently that the TTL
+// the lock was taken with outlasts both the next heartbeat and the broker's
+// redelivery of a crashed worker's tasks, with 5 s to spare for clocks. No
+// other task can have taken such a lock: a takeover needs the holder gone
+// from its queue, and a delivered task is in flight there. Everything else
+// (retries, old or redelivered tasks) is checked, and re-taken if free.
+func (m *Middleware) surelyHeld(msg *broker.Message) bool {
+	if !m.cfg.heartbeat || msg.Attempt != 0 || msg.EnqueuedAt == 0 {
+		return false
+	}
+	need := m.heartbeatInterval() + 5*time.Second
+	if r, ok := m.firstBroker().(broker.Redeliverer); ok {
+		need = max(need, r.RedeliveryTimeout()+5*time.Second)
+	}
+	elapsed := time.Since(time.UnixMilli(msg.EnqueuedAt))
+	return elapsed >= 0 && m.ttl(msg)-elapsed > need
+}
+
+// track hands a running task's lock to the heartbeat.
+func (m *Middleware) track(key, taskID string, ttl time.Duration) {
+	if !m.cfg.heartbeat {
+		return
+	}
+	m.mu.Lock()
+	m.running[key] = &heldLock{taskID: taskID, ttl: ttl}
+	m.mu.Unlock()
+}
+
+// PostExecute releases the lock when the task completed or finally failed:
+// where the broker shares the lock's Redis, in the same script that settles
+// the delivery (see broker.Message.Unlock), else at once. A task that will
+// be retried keeps its lock, extended to cover the retry's delay.
 func (m *Middleware) PostExecute(ctx context.Context, msg *broker.Message, res *middleware.Result) {
 	key, ok := msg.Labels.String(LabelLock)
 	if !ok {
@@ -368,6 +406,14 @@ func (m *Middleware) PostExecute(ctx context.Context, msg *broker.Message, res *
 			m.log.Warn("kiq: could not keep a deduplication lock for a retry",
 				slog.String("task_name", msg.TaskName), slog.String("key", key), slog.Any("error", err))
 		}
+		return
+	}
+	if m.lockAtomically() {
+		// The broker releases it in the script that settles the delivery:
+		// no round trip of its own, and no release if the delivery is
+		// handed back instead (the task then still owes its run).
+		msg.Unlock = &broker.Lock{Client: m.client, Key: key}
+		m.stats.released.Add(1)
 		return
 	}
 	m.release(ctx, msg.TaskName, key, msg.TaskID)

@@ -1,7 +1,6 @@
 package dedup_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -9,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kiq-go/kiq/internal/testlog"
 
 	"github.com/kiq-go/kiq/broker"
 	"github.com/kiq-go/kiq/internal/redistest"
@@ -21,34 +22,16 @@ import (
 
 func TestMain(m *testing.M) { redistest.Main(m) }
 
-// logBuffer is a concurrency-safe log sink for asserting warnings.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 type env struct {
 	srv    *redistest.Server
 	client *redis.Client
 	prefix string
-	logs   *logBuffer
+	logs   *testlog.Buffer
 }
 
 func newEnv(t *testing.T) *env {
 	srv := redistest.Shared(t)
-	return &env{srv: srv, client: srv.Client(t), prefix: redistest.Prefix(t) + ":dedup", logs: &logBuffer{}}
+	return &env{srv: srv, client: srv.Client(t), prefix: redistest.Prefix(t) + ":dedup", logs: &testlog.Buffer{}}
 }
 
 // middleware returns a deduplication middleware on the test's Redis, with
@@ -278,7 +261,7 @@ func TestRedeliveredTaskTakesItsExpiredLockAgain(t *testing.T) {
 func TestStartupRetriesThenFails(t *testing.T) {
 	srv := redistest.Start(t)
 	srv.Kill(t)
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	mw, err := dedup.New(srv.URL(), dedup.WithStartupRetries(2, 10*time.Millisecond),
 		dedup.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	require.NoError(t, err)
@@ -293,7 +276,7 @@ func TestStartupWarnsWhenLocksCanBeEvicted(t *testing.T) {
 	c := srv.Client(t)
 	ctx := context.Background()
 	require.NoError(t, c.ConfigSet(ctx, "maxmemory-policy", "volatile-lru").Err())
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	mw, err := dedup.New(srv.URL(), dedup.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	require.NoError(t, err)
 	require.NoError(t, mw.Startup(ctx))
@@ -301,7 +284,7 @@ func TestStartupWarnsWhenLocksCanBeEvicted(t *testing.T) {
 	require.Contains(t, logs.String(), "maxmemory-policy=volatile-lru")
 
 	require.NoError(t, c.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err())
-	logs = &logBuffer{}
+	logs = &testlog.Buffer{}
 	mw, err = dedup.New(srv.URL(), dedup.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	require.NoError(t, err)
 	require.NoError(t, mw.Startup(ctx))
@@ -315,7 +298,7 @@ func TestRedisOutageFailClosedAndFailOpen(t *testing.T) {
 	closed, err := dedup.New(srv.URL(), dedup.WithLogger(slog.New(slog.DiscardHandler)))
 	require.NoError(t, err)
 	defer closed.Shutdown(ctx)
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	open, err := dedup.New(srv.URL(), dedup.WithFailOpen(true), dedup.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	require.NoError(t, err)
 	defer open.Shutdown(ctx)

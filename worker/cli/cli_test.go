@@ -5,9 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/kiq-go/kiq/internal/testlog"
 
 	"github.com/kiq-go/kiq/broker"
 	"github.com/kiq-go/kiq/internal/redistest"
@@ -18,24 +19,6 @@ import (
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type Args struct {
 	N int `msgpack:"n"`
@@ -64,7 +47,7 @@ func demoApp(ran chan<- int) cli.App {
 func TestRunOnTheEmbeddedRedisWithDemo(t *testing.T) {
 	ran := make(chan int, 10)
 	ctx, cancel := context.WithCancel(context.Background())
-	var stdout, stderr syncBuffer
+	var stdout, stderr testlog.Buffer
 	code := make(chan int, 1)
 	go func() { code <- demoApp(ran).Run(ctx, []string{"--progress", "20ms"}, &stdout, &stderr) }()
 	for range 10 {
@@ -87,7 +70,7 @@ func TestRunOnARealRedis(t *testing.T) {
 	app := demoApp(ran)
 	prefix := redistest.Prefix(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
+	var stderr testlog.Buffer
 	code := make(chan int, 1)
 	go func() {
 		code <- app.Run(ctx, []string{"--redis-url", srv.URL(), "--key-prefix", prefix, "--concurrency", "2", "--log-format", "json"}, &bytes.Buffer{}, &stderr)
