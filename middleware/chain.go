@@ -2,6 +2,7 @@ package middleware
 
 import (
 	"context"
+	"time"
 
 	"github.com/kiq-go/kiq/broker"
 )
@@ -136,7 +137,9 @@ func (c *Chain) Execute(ctx context.Context, msg *broker.Message, run func(conte
 		}
 	}
 	if res.Err == nil {
+		start := time.Now()
 		res.Value, res.Err = run(ctx)
+		res.Duration = time.Since(start)
 	}
 	if res.Err != nil {
 		for _, r := range c.retriers {

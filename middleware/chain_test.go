@@ -178,3 +178,22 @@ func TestPostExecuteMayChangeTheResult(t *testing.T) {
 	require.NoError(t, res.Err)
 	require.Equal(t, "recovered", res.Value)
 }
+
+func TestPostExecuteSeesTheDuration(t *testing.T) {
+	var seen time.Duration
+	chain := middleware.NewChain([]broker.Middleware{durationSpy{seen: &seen}})
+	chain.Execute(context.Background(), &broker.Message{}, func(context.Context) (any, error) {
+		time.Sleep(20 * time.Millisecond)
+		return nil, nil
+	})
+	require.GreaterOrEqual(t, seen, 20*time.Millisecond)
+}
+
+type durationSpy struct {
+	middleware.Base
+	seen *time.Duration
+}
+
+func (d durationSpy) PostExecute(ctx context.Context, msg *broker.Message, res *middleware.Result) {
+	*d.seen = res.Duration
+}

@@ -543,7 +543,6 @@ func (r *run) execute(d *broker.Delivery) {
 	timeout, _ := msg.Labels.Duration(broker.LabelTimeout)
 
 	w.stats.running.Add(1)
-	start := time.Now()
 	res := r.executeChain(msg, func(ctx context.Context) (any, error) {
 		if timeout > 0 {
 			var cancel context.CancelFunc
@@ -552,7 +551,6 @@ func (r *run) execute(d *broker.Delivery) {
 		}
 		return call(ctx, h, msg)
 	})
-	res.Duration = time.Since(start)
 	interrupted := res.Err != nil && r.taskCtx.Err() != nil
 	if r.results != nil && !interrupted && (res.Err == nil || !res.Retry) {
 		r.saveResult(msg, res)
