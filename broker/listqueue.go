@@ -51,8 +51,6 @@ import (
 var (
 	//go:embed lua/kick.lua
 	kickLua string
-	//go:embed lua/kick_many.lua
-	kickManyLua string
 	//go:embed lua/take.lua
 	takeLua string
 	//go:embed lua/ack.lua
@@ -69,7 +67,6 @@ var (
 	heartbeatLua string
 
 	kickScript      = redis.NewScript(kickLua)
-	kickManyScript  = redis.NewScript(kickManyLua)
 	takeScript      = redis.NewScript(takeLua)
 	ackScript       = redis.NewScript(ackLua)
 	retryScript     = redis.NewScript(retryLua)
@@ -110,7 +107,7 @@ type ListQueue struct {
 	base
 
 	client     redis.UniversalClient
-	calls      *batch.Pipeline // coalesces concurrent kicks into pipelines
+	kicks      *batch.Coalescer[*kickReq] // coalesces concurrent kicks into script calls
 	ownsClient bool
 	queue      string
 	prefix     string
@@ -196,7 +193,7 @@ func NewListQueue(url string, opts ...ListQueueOption) (*ListQueue, error) {
 		ropts.ContextTimeoutEnabled = true
 		b.client, b.ownsClient = redis.NewClient(ropts), true
 	}
-	b.calls = batch.New(b.client)
+	b.kicks = batch.NewCoalescer(2, b.sendKicks)
 	b.maxBlock = blockLimit(b.client)
 	return b, nil
 }
@@ -357,79 +354,115 @@ func (b *ListQueue) key(queue, part string) string {
 
 // Kick stores msg and queues it, or schedules it when it has a delay (from
 // now, by Redis's clock). With msg.Lock set, the lock is taken in the same
-// script, one round trip in all (see [LockingBroker]): a lock held by a task
-// that no longer exists on the queue is taken over. A task id already on
-// the queue is an error wrapping [ErrTaskExists].
+// script, one round trip in all (see [LockingBroker] and [Lock.TakeOver]).
+// A task id already on the queue is an error wrapping [ErrTaskExists].
+//
+// Concurrent kicks are coalesced: those made while a batch is in flight go
+// out together in the next, one script call per queue, and each returns
+// once Redis has its message.
 func (b *ListQueue) Kick(ctx context.Context, msg *Message) error {
-	keys, args, err := b.kickCall(msg)
+	raw, err := b.encodeForKick(msg)
 	if err != nil {
 		return err
 	}
-	res, err := b.calls.Script(ctx, kickScript, keys, args...).Slice()
-	if err != nil {
+	k := &kickReq{msg: msg, raw: raw}
+	if err := b.kicks.Do(ctx, k); err != nil {
 		return fmt.Errorf("kiq: kick %s: %w", msg.TaskName, err)
 	}
-	return kickResult(msg, res)
+	return k.err
 }
 
-// kickBatch is how many kicks KickMany sends in one pipeline.
+// kickBatch is the most messages one kick script call carries.
 const kickBatch = 1000
 
 // KickMany sends msgs, grouped by queue, a thousand at a time in one script
-// call (kick_many.lua): one round trip per thousand messages. Each message
-// is kicked as by Kick, its lock included, and gets its own error.
+// call: one round trip per thousand messages. Each message is kicked as by
+// Kick, its lock included, and gets its own error.
 func (b *ListQueue) KickMany(ctx context.Context, msgs []*Message) []error {
 	errs := make([]error, len(msgs))
-	byQueue := map[string][]int{}
-	var order []string
+	ks := make([]*kickReq, 0, len(msgs))
 	for i, m := range msgs {
-		q := m.Queue(b.queue)
-		if _, seen := byQueue[q]; !seen {
-			order = append(order, q)
-		}
-		byQueue[q] = append(byQueue[q], i)
-	}
-	for _, q := range order {
-		idx := byQueue[q]
-		for start := 0; start < len(idx); start += kickBatch {
-			b.kickChunk(ctx, q, msgs, idx[start:min(start+kickBatch, len(idx))], errs)
-		}
-	}
-	return errs
-}
-
-// kickChunk sends the messages at idx, all of queue q, in one call.
-func (b *ListQueue) kickChunk(ctx context.Context, q string, msgs []*Message, idx []int, errs []error) {
-	keys := []string{b.key(q, "msg"), b.key(q, "pending"), b.key(q, "scheduled")}
-	args := make([]any, 0, 5*len(idx))
-	sent := make([]int, 0, len(idx))
-	for _, i := range idx {
-		m := msgs[i]
 		raw, err := b.encodeForKick(m)
 		if err != nil {
 			errs[i] = err
 			continue
 		}
-		lockAt, ttl := 0, int64(0)
-		if m.Lock != nil {
-			keys = append(keys, m.Lock.Key)
-			lockAt, ttl = len(keys), max(m.Lock.TTL.Milliseconds(), 1)
-		}
-		args = append(args, m.TaskID, raw, m.Delay().Milliseconds(), lockAt, ttl)
-		sent = append(sent, i)
+		ks = append(ks, &kickReq{msg: m, raw: raw, index: i})
 	}
-	if len(sent) == 0 {
+	b.sendKicks(ctx, ks)
+	for _, k := range ks {
+		errs[k.index] = k.err
+	}
+	return errs
+}
+
+// kickReq is one message on its way to the kick script, and its outcome.
+type kickReq struct {
+	msg   *Message
+	raw   []byte // msg encoded
+	index int    // KickMany: the message's place in its argument
+	err   error  // set by sendKicks
+}
+
+// kickCall is one kick script call: the messages of one queue, at most
+// kickBatch of them.
+type kickCall struct {
+	kicks []*kickReq
+	keys  []string
+	args  []any
+	cmd   *redis.Cmd
+}
+
+// sendKicks kicks ks, grouped by queue in script calls of at most kickBatch
+// messages, all sent in one pipeline, and sets each one's err.
+func (b *ListQueue) sendKicks(ctx context.Context, ks []*kickReq) {
+	var calls []*kickCall
+	open := map[string]*kickCall{} // queue -> its call being filled
+	for _, k := range ks {
+		q := k.msg.Queue(b.queue)
+		c := open[q]
+		if c == nil || len(c.kicks) == kickBatch {
+			c = &kickCall{
+				keys: []string{b.key(q, "msg"), b.key(q, "pending"), b.key(q, "scheduled")},
+				args: make([]any, 0, 6*min(len(ks), kickBatch)),
+			}
+			open[q] = c
+			calls = append(calls, c)
+		}
+		lockAt, ttl, grace := 0, int64(0), int64(-1)
+		if l := k.msg.Lock; l != nil {
+			c.keys = append(c.keys, l.Key)
+			lockAt, ttl = len(c.keys), max(l.TTL.Milliseconds(), 1)
+			if l.TakeOver {
+				grace = max(l.Grace.Milliseconds(), 0)
+			}
+		}
+		c.kicks = append(c.kicks, k)
+		c.args = append(c.args, k.msg.TaskID, k.raw, k.msg.Delay().Milliseconds(), lockAt, ttl, grace)
+	}
+	if len(calls) == 0 {
 		return
 	}
-	res, err := kickManyScript.Run(ctx, b.client, keys, args...).Slice()
-	for j, i := range sent {
-		switch {
-		case err != nil:
-			errs[i] = fmt.Errorf("kiq: kick %s: %w", msgs[i].TaskName, err)
-		case 2*j+1 < len(res):
-			errs[i] = kickResult(msgs[i], res[2*j:2*j+2])
-		default:
-			errs[i] = fmt.Errorf("kiq: kick %s: short reply", msgs[i].TaskName)
+	_, _ = b.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, c := range calls {
+			c.cmd = kickScript.EvalSha(ctx, pipe, c.keys, c.args...)
+		}
+		return nil
+	})
+	for _, c := range calls {
+		if redis.HasErrorPrefix(c.cmd.Err(), "NOSCRIPT") { // a new or restarted server: EVAL loads it
+			c.cmd = kickScript.Eval(ctx, b.client, c.keys, c.args...)
+		}
+		res, err := c.cmd.Slice()
+		for j, k := range c.kicks {
+			switch {
+			case err != nil:
+				k.err = fmt.Errorf("kiq: kick %s: %w", k.msg.TaskName, err)
+			case 2*j+1 < len(res):
+				k.err = kickResult(k.msg, res[2*j], res[2*j+1])
+			default:
+				k.err = fmt.Errorf("kiq: kick %s: short reply", k.msg.TaskName)
+			}
 		}
 	}
 }
@@ -455,44 +488,27 @@ func (b *ListQueue) encodeForKick(msg *Message) ([]byte, error) {
 	return raw, nil
 }
 
-// kickCall checks and encodes msg and returns the keys and arguments of its
-// kick script.
-func (b *ListQueue) kickCall(msg *Message) ([]string, []any, error) {
-	raw, err := b.encodeForKick(msg)
-	if err != nil {
-		return nil, nil, err
-	}
-	q := msg.Queue(b.queue)
-	keys := []string{b.key(q, "msg"), b.key(q, "pending"), b.key(q, "scheduled")}
-	args := []any{msg.TaskID, raw, msg.Delay().Milliseconds()}
-	if l := msg.Lock; l != nil {
-		keys = append(keys, l.Key)
-		args = append(args, max(l.TTL.Milliseconds(), 1))
-	}
-	return keys, args, nil
-}
-
-// kickResult turns kick.lua's reply into Kick's error.
-func kickResult(msg *Message, res []any) error {
-	code := int64(-2) // a reply kick.lua never gives
-	if len(res) > 0 {
-		if c, ok := res[0].(int64); ok {
-			code = c
-		}
-	}
+// kickResult turns the kick script's reply for msg into Kick's error.
+func kickResult(msg *Message, code, holder any) error {
+	c, _ := code.(int64)
+	h, _ := holder.(string)
 	switch {
-	case code == 1:
+	case c == 1 && code != nil:
 		return nil
-	case code == 0 && len(res) > 1:
-		holder, _ := res[1].(string)
-		if msg.Lock.Held != nil {
-			return msg.Lock.Held(holder)
+	case c == 2 && msg.Lock != nil:
+		if msg.Lock.TakenOver != nil {
+			msg.Lock.TakenOver(h)
 		}
-		return fmt.Errorf("kiq: lock %s held by task %s", msg.Lock.Key, holder)
-	case code == -1:
+		return nil
+	case c == 0 && code != nil && msg.Lock != nil:
+		if msg.Lock.Held != nil {
+			return msg.Lock.Held(h)
+		}
+		return fmt.Errorf("kiq: lock %s held by task %s", msg.Lock.Key, h)
+	case c == -1:
 		return fmt.Errorf("%w: %s", ErrTaskExists, msg.TaskID)
 	}
-	return fmt.Errorf("kiq: kick %s: unexpected reply %v", msg.TaskName, res)
+	return fmt.Errorf("kiq: kick %s: unexpected reply %v %v", msg.TaskName, code, holder)
 }
 
 // Consume registers a consumer of opts.Queues (default: the broker's queue)

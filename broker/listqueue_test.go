@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"regexp"
 	"sync"
@@ -219,6 +220,41 @@ func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	return func(ctx context.Context, cmds []redis.Cmder) error { r.n.Add(1); return next(ctx, cmds) }
 }
 
+func TestConcurrentKicksShareScriptCalls(t *testing.T) {
+	srv := redistest.Shared(t)
+	client := srv.Client(t)
+	b, err := broker.NewListQueue("", broker.WithClient(client), broker.WithKeyPrefix(redistest.Prefix(t)))
+	require.NoError(t, err)
+	ctx := context.Background()
+	require.NoError(t, b.Kick(ctx, &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}})) // loads the script
+	rt := &roundTrips{}
+	client.AddHook(rt)
+	const callers, each = 64, 20
+	var wg sync.WaitGroup
+	for g := range callers {
+		wg.Go(func() {
+			for i := range each {
+				queue := []string{broker.DefaultQueue, "other"}[(g+i)%2]
+				m := lockMsg(client, fmt.Sprintf("%s:lock:%d:%d", b.KeyPrefix(), g, i))
+				m.Labels = broker.Labels{broker.LabelQueue: queue}
+				require.NoError(t, b.Kick(ctx, m))
+				exists, err := b.TaskExists(ctx, queue, m.TaskID)
+				require.NoError(t, err)
+				require.True(t, exists, "Kick returns once Redis has the message")
+			}
+		})
+	}
+	wg.Wait()
+	kicks := rt.n.Load() - callers*each // TaskExists costs one round trip each
+	require.Less(t, kicks, int64(callers*each/4), "concurrent kicks were coalesced")
+	t.Logf("%d kicks in %d round trips", callers*each, kicks)
+	for _, q := range []string{broker.DefaultQueue, "other"} {
+		stats, err := b.Stats(ctx, q)
+		require.NoError(t, err)
+		require.Equal(t, int64(callers*each/2)+map[string]int64{broker.DefaultQueue: 1}[q], stats.Pending, q)
+	}
+}
+
 func TestBatchesCostOneRoundTrip(t *testing.T) {
 	srv := redistest.Shared(t)
 	client := srv.Client(t)
@@ -280,9 +316,8 @@ func TestBatchesCostOneRoundTrip(t *testing.T) {
 // lockMsg is a message asking for the lock key, held in client.
 func lockMsg(client redis.UniversalClient, key string) *broker.Message {
 	return &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80},
-		Lock: &broker.Lock{Client: client, Key: key, TTL: time.Minute, Held: func(holder string) error {
-			return &heldError{holder}
-		}}}
+		Lock: &broker.Lock{Client: client, Key: key, TTL: time.Minute, TakeOver: true, Grace: 10 * time.Second,
+			Held: func(holder string) error { return &heldError{holder} }}}
 }
 
 type heldError struct{ holder string }
@@ -364,10 +399,38 @@ func TestLockTakenInTheKickScript(t *testing.T) {
 	require.Equal(t, first.TaskID, ds[1].ID)
 	require.ErrorAs(t, b.Kick(ctx, lockMsg(other, key)), &held, "in flight: still held")
 	require.NoError(t, c.Ack(ctx, ds...))
+	noTakeOver := lockMsg(other, key)
+	noTakeOver.Lock.TakeOver = false
+	require.ErrorAs(t, b.Kick(ctx, noTakeOver), &held, "without TakeOver a stale lock stays held")
 	third := lockMsg(other, key)
+	var stale string
+	third.Lock.TakenOver = func(holder string) { stale = holder }
 	require.NoError(t, b.Kick(ctx, third), "the holder exists nowhere in the queue")
+	require.Equal(t, first.TaskID, stale, "the takeover is reported with the stale holder")
 	require.Equal(t, third.TaskID, client.Get(ctx, key).Val())
 	require.Equal(t, third.TaskID, fetchAll(t, c, 1)[0].ID)
+}
+
+func TestLockWithinItsGraceIsNotTakenOver(t *testing.T) {
+	b := newListQueue(t)
+	ctx := context.Background()
+	client := b.Client()
+	key := b.KeyPrefix() + ":lock"
+	// Another producer's lock on the grace path: taken with the grace TTL,
+	// its task not enqueued yet.
+	require.NoError(t, client.Set(ctx, key, "sending", 5*time.Second).Err())
+	var held *heldError
+	require.ErrorAs(t, b.Kick(ctx, lockMsg(client, key)), &held)
+	require.Equal(t, "sending", held.holder)
+	// Extended past the grace (its send completed, the task then vanished):
+	// taken over.
+	require.NoError(t, client.PExpire(ctx, key, time.Minute).Err())
+	m := lockMsg(client, key)
+	require.NoError(t, b.Kick(ctx, m))
+	require.Equal(t, m.TaskID, client.Get(ctx, key).Val())
+	// A lock without a TTL is never taken over.
+	require.NoError(t, client.Set(ctx, key+"-forever", "gone", 0).Err())
+	require.ErrorAs(t, b.Kick(ctx, lockMsg(client, key+"-forever")), &held)
 }
 
 func TestLockedKicksRaceToOneMessage(t *testing.T) {

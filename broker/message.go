@@ -82,6 +82,18 @@ type Lock struct {
 	// Held builds the error returned when another task holds the lock.
 	// holder is the id of that task.
 	Held func(holder string) error
+	// TakeOver lets the broker take a held lock over when its holder exists
+	// nowhere on the message's queue (not pending, scheduled, in flight or
+	// awaiting a retry) and the lock has more than Grace left to live: a
+	// lock nearer its end may belong to a send still under way on a path
+	// that locks before it enqueues, and it ends soon anyway.
+	TakeOver bool
+	// Grace is the remaining life under which a lock is never taken over;
+	// see TakeOver.
+	Grace time.Duration
+	// TakenOver, when set, is called after the broker took the lock over
+	// from holder.
+	TakenOver func(holder string)
 }
 
 // LockingBroker is implemented by brokers that can take a [Lock] atomically

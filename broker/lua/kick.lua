@@ -1,43 +1,64 @@
--- kick: store a message and queue it (or schedule it), optionally taking a
--- deduplication lock first.
--- KEYS[1]  P:{q}:msg        hash: task id -> message
--- KEYS[2]  P:{q}:pending    list of task ids, consumed from the right
--- KEYS[3]  P:{q}:scheduled  zset: task id -> due time (ms)
--- KEYS[4]  (optional) the lock key
--- ARGV[1]  task id
--- ARGV[2]  encoded message
--- ARGV[3]  delay in ms (0: queue now)
--- ARGV[4]  (with KEYS[4]) lock TTL in ms
--- Returns  {1, healed}: sent (healed = 1 when a stale lock was taken over);
---          {0, holder}: the lock is held by the queued task holder;
---          {-1}: a task with this id exists already.
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  return {-1}
-end
-local healed = 0
-if KEYS[4] then
-  if not redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[4]) then
-    local holder = redis.call('GET', KEYS[4])
-    if holder and redis.call('HEXISTS', KEYS[1], holder) == 1 then
-      return {0, holder}
+-- kick: store messages of one queue and queue them (or schedule them), each
+-- optionally taking a deduplication lock first. One call serves a lone Kick,
+-- the concurrent kicks coalesced into one batch, and KickMany's chunks.
+-- KEYS[1]    P:{q}:msg        hash: task id -> message
+-- KEYS[2]    P:{q}:pending    list of task ids, consumed from the right
+-- KEYS[3]    P:{q}:scheduled  zset: task id -> due time (ms)
+-- KEYS[4…]   the lock keys of the messages that carry one
+-- ARGV       six per message: task id, encoded message, delay in ms (0:
+--            queue now), the index in KEYS of its lock key (0: none), lock
+--            TTL in ms, and the grace in ms for taking the lock over (-1:
+--            never; see below)
+-- Returns    two per message: {1, ''} sent; {2, holder} sent, the lock taken
+--            over from holder, which existed nowhere on the queue; {0,
+--            holder} not sent, the lock is held by the task holder; {-1, ''}
+--            not sent, a task with this id exists already.
+--
+-- A held lock is taken over only when its holder exists nowhere on the
+-- queue (not pending, scheduled or in flight: the msg hash holds every task
+-- that exists) and the lock has more than the grace left to live: a lock
+-- nearer its end may be a send still under way through the grace path, and
+-- ends soon anyway. A lock with no TTL is never taken over.
+local out = {}
+local now
+local wake = false
+for i = 1, #ARGV, 6 do
+  local id, lock = ARGV[i], tonumber(ARGV[i + 3])
+  local code, holder = 1, ''
+  if redis.call('HEXISTS', KEYS[1], id) == 1 then
+    code = -1
+  elseif lock > 0 and not redis.call('SET', KEYS[lock], id, 'NX', 'PX', ARGV[i + 4]) then
+    holder = redis.call('GET', KEYS[lock])
+    local grace = tonumber(ARGV[i + 5])
+    if grace < 0 or redis.call('HEXISTS', KEYS[1], holder) == 1 or redis.call('PTTL', KEYS[lock]) <= grace then
+      code = 0
+    else
+      redis.call('SET', KEYS[lock], id, 'PX', ARGV[i + 4])
+      code = 2
     end
-    -- The holder exists nowhere in this queue: take the lock over.
-    redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[4])
-    healed = 1
   end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local delay = tonumber(ARGV[3])
-if delay > 0 then
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + delay, ARGV[1])
-  -- Now the earliest scheduled task: wake a consumer blocked in BLMOVE with
-  -- an empty id (take drops it), so it sleeps until this one's due time.
-  -- One such token at the head of pending is enough.
-  if redis.call('ZRANGE', KEYS[3], 0, 0)[1] == ARGV[1] then
-    if redis.call('LINDEX', KEYS[2], -1) ~= '' then redis.call('RPUSH', KEYS[2], '') end
+  if code > 0 then
+    redis.call('HSET', KEYS[1], id, ARGV[i + 1])
+    local delay = tonumber(ARGV[i + 2])
+    if delay > 0 then
+      if not now then
+        local t = redis.call('TIME')
+        now = t[1] * 1000 + math.floor(t[2] / 1000)
+      end
+      redis.call('ZADD', KEYS[3], now + delay, id)
+      -- Now the earliest scheduled task: a consumer blocked in BLMOVE must
+      -- wake to sleep until this one's due time.
+      if not wake and redis.call('ZRANGE', KEYS[3], 0, 0)[1] == id then wake = true end
+    else
+      redis.call('LPUSH', KEYS[2], id)
+    end
   end
-else
-  redis.call('LPUSH', KEYS[2], ARGV[1])
+  out[#out + 1] = code
+  out[#out + 1] = holder
 end
-return {1, healed}
+-- Wake a blocked consumer with an empty id (take drops it); one such token
+-- at the head of pending is enough.
+if wake and redis.call('LINDEX', KEYS[2], -1) ~= '' then
+  redis.call('RPUSH', KEYS[2], '')
+end
+return out

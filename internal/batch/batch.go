@@ -1,7 +1,10 @@
-// Package batch coalesces concurrent Redis calls into pipelines: a call made
-// while a pipeline is in flight waits and goes out with every other call
-// queued meanwhile, in the next pipeline. A lone caller pays one round trip,
+// Package batch coalesces concurrent calls into batches: an item submitted
+// while a batch is in flight waits and goes out with every other item
+// queued meanwhile, in the next batch. A lone caller pays one round trip,
 // as it would without batching; 64 concurrent callers pay a handful.
+//
+// Coalescer is the mechanism; Pipeline is a Coalescer of Redis commands,
+// sent as one pipeline per batch.
 package batch
 
 import (
@@ -12,116 +15,147 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Pipeline coalesces the calls made through Do. The zero value is not
-// usable; make one with New. It starts no goroutine: the caller that finds
-// no pipeline in flight sends one, for itself and whoever queued since.
-type Pipeline struct {
-	client redis.UniversalClient
+// Coalescer runs the items submitted through Do in batches, through a flush
+// function, with at most a given number of batches in flight at once. It
+// starts no goroutine: a caller that finds a free slot sends a batch, for
+// itself and whoever queued since; when it is done, it hands its slot to
+// the oldest waiting caller, so no caller serves others for long.
+type Coalescer[T any] struct {
+	flush    func(ctx context.Context, items []T)
+	parallel int
 
-	mu    sync.Mutex
-	queue []*call
-	busy  bool
+	mu     sync.Mutex
+	queue  []*entry[T]
+	active int // batches in flight, at most parallel
 }
 
-type call struct {
-	fill    func(redis.Pipeliner)
-	done    chan struct{} // closed when the call's commands have their replies
-	promote chan struct{} // closed when the call must send the next pipeline
+type entry[T any] struct {
+	item     T
+	done     chan struct{} // closed once the item's batch was flushed
+	promote  chan struct{} // closed when the caller must send the next batch
+	promoted bool          // promote is closed (guarded by mu)
+}
+
+// NewCoalescer returns a coalescer that passes batches to flush, with at
+// most parallel batches in flight (at least 1). Two let one batch be
+// answered while the next is sent. flush must handle every item it is given
+// (its results go through the items themselves); its context carries the
+// values of the caller that sends the batch, but never its cancellation.
+func NewCoalescer[T any](parallel int, flush func(ctx context.Context, items []T)) *Coalescer[T] {
+	return &Coalescer[T]{flush: flush, parallel: max(parallel, 1)}
+}
+
+// Do submits item and returns once its batch was flushed, or with ctx's
+// error if ctx ended before the item went into a batch. An item whose batch
+// is in flight is always waited for.
+func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
+	e := &entry[T]{item: item, done: make(chan struct{}), promote: make(chan struct{})}
+	c.mu.Lock()
+	c.queue = append(c.queue, e)
+	lead := c.active < c.parallel
+	if lead {
+		c.active++
+	}
+	c.mu.Unlock()
+	if !lead {
+		select {
+		case <-e.done:
+			return nil
+		case <-e.promote:
+		case <-ctx.Done():
+			if c.withdraw(e) {
+				return ctx.Err()
+			}
+			// In a batch in flight, or promoted meanwhile.
+			select {
+			case <-e.done:
+				return nil
+			case <-e.promote:
+			}
+		}
+	}
+	// This caller holds a slot. Its item is still queued, and goes out in
+	// the batch sent now, or another batch in flight took it.
+	c.mu.Lock()
+	queued := c.queue
+	c.queue = nil
+	c.mu.Unlock()
+	if len(queued) > 0 {
+		items := make([]T, len(queued))
+		for i, q := range queued {
+			items[i] = q.item
+		}
+		c.flush(context.WithoutCancel(ctx), items)
+		for _, q := range queued {
+			close(q.done)
+		}
+	}
+	<-e.done
+	c.handOver()
+	return nil
+}
+
+// withdraw removes a waiting entry from the queue, unless it was promoted
+// or taken into a batch; it reports whether it removed it.
+func (c *Coalescer[T]) withdraw(e *entry[T]) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.promoted {
+		return false
+	}
+	i := slices.Index(c.queue, e)
+	if i < 0 {
+		return false
+	}
+	c.queue = slices.Delete(c.queue, i, i+1)
+	return true
+}
+
+// handOver gives the caller's slot to the oldest waiting caller not yet
+// promoted, or frees it.
+func (c *Coalescer[T]) handOver() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.queue {
+		if !e.promoted {
+			e.promoted = true
+			close(e.promote)
+			return
+		}
+	}
+	c.active--
+}
+
+// Pipeline coalesces the Redis calls made through Do into pipelines, two in
+// flight at most. Make one with New.
+type Pipeline struct {
+	client redis.UniversalClient
+	calls  *Coalescer[func(redis.Pipeliner)]
 }
 
 // New returns a pipeline on client.
 func New(client redis.UniversalClient) *Pipeline {
-	return &Pipeline{client: client}
+	p := &Pipeline{client: client}
+	p.calls = NewCoalescer(2, p.send)
+	return p
 }
 
 // Do queues the commands fill adds to its pipeliner and returns once they
 // have their replies (read them from the commands fill kept), or ctx ended.
 // The commands of a caller whose ctx ended may still run.
 func (p *Pipeline) Do(ctx context.Context, fill func(redis.Pipeliner)) error {
-	c := &call{fill: fill, done: make(chan struct{}), promote: make(chan struct{})}
-	p.mu.Lock()
-	p.queue = append(p.queue, c)
-	lead := !p.busy
-	p.busy = true
-	p.mu.Unlock()
-	if !lead {
-		select {
-		case <-c.done:
-			return nil
-		case <-c.promote:
-		case <-ctx.Done():
-			if p.withdraw(c) {
-				return ctx.Err()
-			}
-			// Already in a pipeline in flight, or promoted meanwhile.
-			select {
-			case <-c.done:
-				return nil
-			case <-c.promote:
-			}
-		}
-	}
-	// Send pipelines until this call is done, then hand the rest over to the
-	// oldest waiting caller, so no caller serves others for long.
-	for {
-		p.mu.Lock()
-		queued := p.queue
-		p.queue = nil
-		p.mu.Unlock()
-		p.send(ctx, queued)
-		select {
-		case <-c.done:
-			p.handOver()
-			return nil
-		default:
-		}
-	}
+	return p.calls.Do(ctx, fill)
 }
 
-// withdraw removes a waiting call from the queue, unless it was promoted
-// or taken into a pipeline; it reports whether it removed it.
-func (p *Pipeline) withdraw(c *call) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-c.promote:
-		return false
-	default:
-	}
-	i := slices.Index(p.queue, c)
-	if i < 0 {
-		return false
-	}
-	p.queue = slices.Delete(p.queue, i, i+1)
-	return true
-}
-
-// handOver promotes the oldest waiting call, or marks the pipeline idle.
-func (p *Pipeline) handOver() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.queue) == 0 {
-		p.busy = false
-		return
-	}
-	close(p.queue[0].promote)
-}
-
-// send runs one pipeline for calls and marks them done. Per-command errors
-// stay on the commands; a connection error is on every one of them.
-func (p *Pipeline) send(ctx context.Context, calls []*call) {
-	if len(calls) == 0 {
-		return
-	}
-	_, _ = p.client.Pipelined(context.WithoutCancel(ctx), func(pipe redis.Pipeliner) error {
-		for _, c := range calls {
-			c.fill(pipe)
+// send runs one pipeline for fills. Per-command errors stay on the
+// commands; a connection error is on every one of them.
+func (p *Pipeline) send(ctx context.Context, fills []func(redis.Pipeliner)) {
+	_, _ = p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, fill := range fills {
+			fill(pipe)
 		}
 		return nil
 	})
-	for _, c := range calls {
-		close(c.done)
-	}
 }
 
 // Script runs s in the next pipeline and returns its reply. Scripts go out

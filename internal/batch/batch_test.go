@@ -90,3 +90,62 @@ func TestCancelledWaitersDoNotStallOthers(t *testing.T) {
 		t.Fatal("the pipeline stalled after cancelled callers")
 	}
 }
+
+func TestCoalescerFlushesEachItemOnceWithinItsParallelism(t *testing.T) {
+	var inFlight, most, batches atomic.Int64
+	seen := make([]atomic.Int64, 64*100)
+	c := batch.NewCoalescer(2, func(ctx context.Context, items []int) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		batches.Add(1)
+		time.Sleep(50 * time.Microsecond) // a round trip
+		for _, i := range items {
+			seen[i].Add(1)
+		}
+	})
+	var wg sync.WaitGroup
+	for g := range 64 {
+		wg.Go(func() {
+			for i := range 100 {
+				require.NoError(t, c.Do(context.Background(), g*100+i))
+				require.Equal(t, int64(1), seen[g*100+i].Load(), "flushed before Do returned")
+			}
+		})
+	}
+	wg.Wait()
+	for i := range seen {
+		require.Equal(t, int64(1), seen[i].Load(), "item %d flushed once", i)
+	}
+	require.LessOrEqual(t, most.Load(), int64(2), "at most two batches in flight")
+	require.Less(t, batches.Load(), int64(64*100/4), "items were coalesced")
+}
+
+func TestCoalescerWaiterWhoseContextEndsIsNotFlushed(t *testing.T) {
+	release := make(chan struct{})
+	var flushed []string
+	var mu sync.Mutex
+	c := batch.NewCoalescer(1, func(ctx context.Context, items []string) {
+		require.NoError(t, ctx.Err(), "the flush never sees the sender's cancellation")
+		if items[0] == "leader" {
+			<-release
+		}
+		mu.Lock()
+		flushed = append(flushed, items...)
+		mu.Unlock()
+	})
+	leaderDone := make(chan error)
+	go func() { leaderDone <- c.Do(context.Background(), "leader") }()
+	time.Sleep(10 * time.Millisecond) // the leader's batch is in flight
+	ctx, cancel := context.WithCancel(context.Background())
+	waiterDone := make(chan error)
+	go func() { waiterDone <- c.Do(ctx, "gives up") }()
+	time.Sleep(10 * time.Millisecond)
+	cancel()
+	require.ErrorIs(t, <-waiterDone, context.Canceled)
+	close(release)
+	require.NoError(t, <-leaderDone)
+	require.NoError(t, c.Do(context.Background(), "next"), "the slot was handed back")
+	require.Equal(t, []string{"leader", "next"}, flushed)
+}

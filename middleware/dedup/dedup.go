@@ -189,10 +189,13 @@ func (m *Middleware) PreSend(ctx context.Context, msg *broker.Message) error {
 	ttl := m.ttl(msg)
 	if m.lockAtomically() {
 		msg.Lock = &broker.Lock{
-			Client: m.client,
-			Key:    key,
-			TTL:    ttl,
-			Held:   func(holder string) error { return m.duplicate(msg, key, holder) },
+			Client:    m.client,
+			Key:       key,
+			TTL:       ttl,
+			Held:      func(holder string) error { return m.duplicate(msg, key, holder) },
+			TakeOver:  m.cfg.selfHeal,
+			Grace:     m.cfg.graceTTL,
+			TakenOver: func(holder string) { m.tookOver(msg, key, holder) },
 		}
 		m.stats.taken.Add(1) // counted back by OnSendError if the send fails
 		return nil
@@ -212,21 +215,27 @@ func (m *Middleware) acquire(ctx context.Context, msg *broker.Message, key strin
 		return nil
 	}
 	holder, _ := res[1].(string)
-	if m.holderGone(ctx, msg, holder) {
+	if m.cfg.selfHeal && m.holderGone(ctx, msg, holder) {
 		ok, err := m.calls.Script(ctx, takeoverScript, []string{key}, holder, msg.TaskID, m.cfg.graceTTL.Milliseconds()).Int()
 		if err != nil {
 			return m.acquireFailed(msg, key, err)
 		}
 		if ok == 1 {
 			m.stats.taken.Add(1)
-			m.stats.takenOver.Add(1)
-			m.log.Warn("kiq: took over a deduplication lock whose holder no longer exists",
-				slog.String("task_name", msg.TaskName), slog.String("key", key), slog.String("stale_holder_task_id", holder))
+			m.tookOver(msg, key, holder)
 			return nil
 		}
 	}
 	delete(msg.Labels, LabelLock)
 	return m.duplicate(msg, key, holder)
+}
+
+// tookOver counts and logs a lock taken over from a holder that no longer
+// existed.
+func (m *Middleware) tookOver(msg *broker.Message, key, holder string) {
+	m.stats.takenOver.Add(1)
+	m.log.Warn("kiq: took over a deduplication lock whose holder no longer exists",
+		slog.String("task_name", msg.TaskName), slog.String("key", key), slog.String("stale_holder_task_id", holder))
 }
 
 // holderGone reports whether the broker knows for sure that the holder task

@@ -34,6 +34,7 @@ type config struct {
 	failOpen          bool
 	graceTTL          time.Duration
 	scope             Scope
+	selfHeal          bool
 	client            redis.UniversalClient
 	logger            *slog.Logger
 }
@@ -48,6 +49,7 @@ func defaults() config {
 		heartbeat:      true,
 		graceTTL:       10 * time.Second,
 		scope:          ScopeGlobal,
+		selfHeal:       true,
 	}
 }
 
@@ -94,6 +96,19 @@ func WithGraceTTL(d time.Duration) Option { return func(c *config) { c.graceTTL 
 
 // WithScope sets the deduplication scope. Default ScopeGlobal.
 func WithScope(s Scope) Option { return func(c *config) { c.scope = s } }
+
+// WithSelfHealing sets whether a lock whose holder task exists nowhere on
+// the queue the new task goes to (not pending, scheduled, in flight or
+// awaiting a retry) is taken over by the next Kiq instead of blocking it
+// until its TTL ends. Default true. A lock with no more than the grace TTL
+// left is never taken over (it may be a send under way on the grace path,
+// and it ends soon anyway).
+//
+// Turn it off where tasks the broker cannot see hold locks under the same
+// prefix: Python producers sharing the lock Redis (their tasks are on
+// Taskiq's queues, so Kiq would take their locks as abandoned), or one task
+// kicked to several queues under ScopeGlobal.
+func WithSelfHealing(on bool) Option { return func(c *config) { c.selfHeal = on } }
 
 // WithClient makes the middleware use an existing go-redis client instead of
 // connecting to the URL given to New (which may then be ""). The client is
