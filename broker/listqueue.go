@@ -443,12 +443,16 @@ func (b *ListQueue) sendKicks(ctx context.Context, ks []*kickReq) {
 	if len(calls) == 0 {
 		return
 	}
-	_, _ = b.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for _, c := range calls {
-			c.cmd = kickScript.EvalSha(ctx, pipe, c.keys, c.args...)
-		}
-		return nil
-	})
+	if len(calls) == 1 { // a lone kick, or one queue's batch: no pipeline needed
+		calls[0].cmd = kickScript.EvalSha(ctx, b.client, calls[0].keys, calls[0].args...)
+	} else {
+		_, _ = b.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, c := range calls {
+				c.cmd = kickScript.EvalSha(ctx, pipe, c.keys, c.args...)
+			}
+			return nil
+		})
+	}
 	for _, c := range calls {
 		if redis.HasErrorPrefix(c.cmd.Err(), "NOSCRIPT") { // a new or restarted server: EVAL loads it
 			c.cmd = kickScript.Eval(ctx, b.client, c.keys, c.args...)
