@@ -680,38 +680,3 @@ func TestQueuesOption(t *testing.T) {
 	require.Equal(t, "1", recv(t, ran))
 	require.Equal(t, int64(1), queueStats(t, b).Pending, "the default queue was not consumed")
 }
-
-// BenchmarkExecute measures the worker's dequeue-execute-ack cycle on the
-// in-memory broker: b.N no-op tasks kicked beforehand, then drained.
-func BenchmarkExecute(b *testing.B) {
-	for _, conc := range []int{1, 8} {
-		b.Run(fmt.Sprintf("concurrency=%d", conc), func(b *testing.B) {
-			mem := broker.NewInMemory()
-			var left atomic.Int64
-			left.Store(int64(b.N))
-			drained := make(chan struct{})
-			tk := task.Define(mem, "noop", func(ctx context.Context, a Args) error {
-				if left.Add(-1) == 0 {
-					close(drained)
-				}
-				return nil
-			})
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			for i := range b.N {
-				if _, err := tk.Kiq(ctx, Args{N: i}); err != nil {
-					b.Fatal(err)
-				}
-			}
-			w := worker.New(mem, worker.Options{Concurrency: conc, Logger: quiet})
-			stopped := make(chan struct{})
-			b.ReportAllocs()
-			b.ResetTimer()
-			go func() { _ = w.Run(ctx); close(stopped) }()
-			<-drained
-			b.StopTimer()
-			cancel()
-			<-stopped
-		})
-	}
-}
