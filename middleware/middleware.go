@@ -28,13 +28,21 @@
 //     can fail the call: a middleware logs its own errors.
 //   - PreExecute may replace the task's context (for tracing, deadlines).
 //     Its error stops later PreExecute hooks and the task; the error becomes
-//     the task's error, and OnError and PostExecute still run for all.
+//     the task's error, and OnError and PostExecute still run for all. A
+//     context returned with an error, or a nil one, is ignored: the next
+//     hooks get the context the hook was given.
 //   - OnError runs when the task (or a PreExecute) failed; PostExecute runs
 //     after every task. Both may change the [Result], for example clear
 //     Result.Err. Result.Retry is already decided when they run, so every
 //     middleware sees whether another attempt will follow, whatever the
 //     registration order.
 //   - PostSave runs after the result was stored in a result backend.
+//   - A panic in PreExecute, OnError, PostExecute or PostSave is recovered
+//     by the [Chain] as a [*PanicError], which becomes (or is joined to) the
+//     task's error; the other hooks still run, so every middleware's
+//     PostExecute sees every task it saw start. A PreExecute panic is not
+//     retried; one in OnError or PostExecute leaves the retry decision as
+//     the hooks before it saw it.
 //   - Startup runs once from broker.Startup (and so worker.Run), in
 //     registration order; its error stops the start. Shutdown runs from
 //     broker.Shutdown in reverse order; all of them run and errors are
@@ -119,6 +127,8 @@ type Result struct {
 	Duration time.Duration
 	// Retry is true when the task failed and another attempt will follow,
 	// after RetryDelay.
-	Retry      bool
+	Retry bool
+	// RetryDelay is how long after this attempt the next one is due; it
+	// means something only when Retry is true.
 	RetryDelay time.Duration
 }
