@@ -51,9 +51,10 @@ var (
 	resizeImage *task.Task[ResizeArgs]
 )
 
-// setup registers the deduplication middleware and the demo tasks.
-func setup(ctx context.Context, b *broker.ListQueue) error {
-	mw, err := dedup.New("", dedup.WithClient(b.Client()))
+// setup registers the deduplication middleware, its locks under
+// --dedup-prefix, and the demo tasks.
+func setup(ctx context.Context, b *broker.ListQueue, s cli.Settings) error {
+	mw, err := dedup.New("", dedup.WithClient(b.Client()), dedup.WithKeyPrefix(s.DedupPrefix))
 	if err != nil {
 		return err
 	}

@@ -32,8 +32,8 @@ var shout *task.Task[ShoutArgs]
 func app() cli.App {
 	return cli.App{
 		Name: "customworker",
-		Setup: func(ctx context.Context, b *broker.ListQueue) error {
-			mw, err := dedup.New("", dedup.WithClient(b.Client()))
+		Setup: func(ctx context.Context, b *broker.ListQueue, s cli.Settings) error {
+			mw, err := dedup.New("", dedup.WithClient(b.Client()), dedup.WithKeyPrefix(s.DedupPrefix))
 			if err != nil {
 				return err
 			}
