@@ -24,12 +24,18 @@ type base struct {
 	started bool
 }
 
-func (b *base) Registry() *Registry  { return &b.registry }
+// Registry returns the broker's task registry, where task.Define puts the
+// handlers the worker runs.
+func (b *base) Registry() *Registry { return &b.registry }
+
+// Formatter returns the encoding of the broker's messages and arguments.
 func (b *base) Formatter() Formatter { return b.formatter }
 
 // ResultBackend returns the broker's result backend, or nil.
 func (b *base) ResultBackend() ResultBackend { return b.results }
 
+// Middlewares returns a copy of the registered middlewares, in registration
+// order. It never waits for a Startup or Shutdown hook.
 func (b *base) Middlewares() []Middleware {
 	b.mu.Lock()
 	defer b.mu.Unlock()

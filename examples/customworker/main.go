@@ -21,6 +21,7 @@ import (
 
 // ShoutArgs are the arguments of shout.
 type ShoutArgs struct {
+	// Text is what to shout.
 	Text string `msgpack:"text"`
 }
 
