@@ -45,6 +45,8 @@ type Broker interface {
 // BulkKicker is implemented by brokers that send many messages in one
 // round trip. KickMany returns one error per message, in order.
 type BulkKicker interface {
+	// KickMany sends msgs as Kick would each, and returns one error per
+	// message (nil: sent), in the order of msgs.
 	KickMany(ctx context.Context, msgs []*Message) []error
 }
 
@@ -73,6 +75,7 @@ type Middleware interface {
 // BrokerSetter is implemented by middlewares that want to know the broker
 // they were registered on. WithMiddlewares calls SetBroker once per broker.
 type BrokerSetter interface {
+	// SetBroker tells the middleware the broker b it was registered on.
 	SetBroker(b Broker)
 }
 

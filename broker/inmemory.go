@@ -33,9 +33,10 @@ type memQueue struct {
 // DeadLetter is a message a worker could not or would not run, with the
 // reason.
 type DeadLetter struct {
-	// TaskName is empty when the message did not decode; TaskID too,
+	// TaskID is the task's id; empty when the message did not decode,
 	// unless the broker keeps ids beside messages (ListQueue does).
-	TaskID   string `msgpack:"task_id"`
+	TaskID string `msgpack:"task_id"`
+	// TaskName is the task's name; empty when the message did not decode.
 	TaskName string `msgpack:"task_name"`
 	// Queue the message was taken from.
 	Queue string `msgpack:"queue"`

@@ -27,6 +27,7 @@ type Inspector interface {
 
 // QueueStats are the counts of one queue.
 type QueueStats struct {
+	// Queue is the queue counted.
 	Queue string `json:"queue"`
 	// Pending tasks are ready to run.
 	Pending int64 `json:"pending"`
@@ -221,10 +222,14 @@ func (b *ListQueue) PurgeDead(ctx context.Context, queue string) (int64, error) 
 
 // TaskInfo is where one task is.
 type TaskInfo struct {
+	// TaskID is the task looked for.
 	TaskID string `json:"task_id"`
-	Queue  string `json:"queue"`
+	// Queue is the queue it was looked for on.
+	Queue string `json:"queue"`
 	// State is "pending", "scheduled", "in_flight", "dead" or "done".
-	State   string   `json:"state"`
+	State string `json:"state"`
+	// Message is the task's message while it is queued, scheduled, in
+	// flight or dead (nil for a done task, or one that did not decode).
 	Message *Message `json:"message,omitempty"`
 	// Reason is the dead letter's reason.
 	Reason string `json:"reason,omitempty"`

@@ -14,7 +14,9 @@ import (
 
 // TaskResult is the stored outcome of a task's final execution.
 type TaskResult struct {
-	TaskID   string `msgpack:"task_id"`
+	// TaskID is the id of the task.
+	TaskID string `msgpack:"task_id"`
+	// TaskName is the name of the task.
 	TaskName string `msgpack:"task_name"`
 	// Value is the task's return value, encoded by the broker's Formatter;
 	// empty for tasks without a result and for failures.
@@ -25,9 +27,11 @@ type TaskResult struct {
 	// "bad_arguments".
 	ErrorKind string `msgpack:"error_kind,omitempty"`
 	// Attempt is the attempt counter of the execution that produced it.
-	Attempt    int           `msgpack:"attempt"`
-	Duration   time.Duration `msgpack:"duration"`
-	FinishedAt time.Time     `msgpack:"finished_at"`
+	Attempt int `msgpack:"attempt"`
+	// Duration is how long the task's handler ran, hooks excluded.
+	Duration time.Duration `msgpack:"duration"`
+	// FinishedAt is when the worker had the outcome, by its clock.
+	FinishedAt time.Time `msgpack:"finished_at"`
 }
 
 // ErrNoResult is returned by Get for a task without a stored result (not

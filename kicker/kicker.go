@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -101,7 +102,7 @@ func (k *Kicker[Args]) Kiq(ctx context.Context, args Args) (*Handle, error) {
 	}
 	t := k.target
 	if err := t.Chain().Send(ctx, msg, t.Broker.Kick); err != nil {
-		return nil, fmt.Errorf("kiq: kick %s: %w", t.Name, err)
+		return nil, kickError(t.Name, err)
 	}
 	return &Handle{taskID: msg.TaskID}, nil
 }
@@ -134,7 +135,7 @@ func (k *Kicker[Args]) KiqMany(ctx context.Context, args []Args) ([]*Handle, []e
 	})
 	for j, m := range msgs {
 		if err := sendErrs[j]; err != nil {
-			errs[at[j]] = fmt.Errorf("kiq: kick %s: %w", t.Name, err)
+			errs[at[j]] = kickError(t.Name, err)
 			continue
 		}
 		handles[at[j]] = &Handle{taskID: m.TaskID}
@@ -155,11 +156,11 @@ func (k *Kicker[Args]) Message(args Args) (*broker.Message, error) {
 	}
 	labels, err := t.Labels.Merge(call)
 	if err != nil {
-		return nil, fmt.Errorf("kiq: kick %s: %w", t.Name, err)
+		return nil, kickError(t.Name, err)
 	}
 	raw, err := t.Broker.Formatter().EncodeArgs(args)
 	if err != nil {
-		return nil, fmt.Errorf("kiq: kick %s: %w", t.Name, err)
+		return nil, kickError(t.Name, err)
 	}
 	id := k.taskID
 	if id == "" {
@@ -173,3 +174,25 @@ func (k *Kicker[Args]) Message(args Args) (*broker.Message, error) {
 		EnqueuedAt: time.Now().UnixMilli(),
 	}, nil
 }
+
+// kickError wraps err, the cause of a failed kick of the task name, so that
+// it reads "kiq: kick NAME: cause" once: a cause that already starts so
+// (the Redis broker's own errors) is returned as it is, and the "kiq: "
+// prefix of any other cause is not repeated. errors.Is and errors.As reach
+// the cause either way.
+func kickError(name string, err error) error {
+	prefix := "kiq: kick " + name + ": "
+	if strings.HasPrefix(err.Error(), prefix) {
+		return err
+	}
+	return &wrapped{msg: prefix + strings.TrimPrefix(err.Error(), "kiq: "), err: err}
+}
+
+// wrapped is an error with its own text that unwraps to its cause.
+type wrapped struct {
+	msg string
+	err error
+}
+
+func (e *wrapped) Error() string { return e.msg }
+func (e *wrapped) Unwrap() error { return e.err }

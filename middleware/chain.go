@@ -2,6 +2,9 @@ package middleware
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
 	"time"
 
 	"github.com/kiq-go/kiq/broker"
@@ -127,13 +130,32 @@ func (c *Chain) sendFailed(ctx context.Context, msg *broker.Message, err error, 
 // Execute runs the PreExecute hooks, then run (unless a hook failed), then
 // decides a retry for a failure, then the OnError and PostExecute hooks, and
 // returns the result.
+//
+// A PreExecute hook that returns an error, or a nil context, leaves the
+// context as it was: later hooks and the task never see a nil context.
+//
+// Every hook runs under its own recover: a panic becomes a [*PanicError]
+// that is added to Result.Err (it fails a task that had succeeded), and the
+// remaining hooks still run, so every middleware's PostExecute sees every
+// task it saw start (a deduplication lock is always let go). A panic in
+// PreExecute stops the PreExecute hooks and the task as an error would; a
+// panic is never retried (PanicError says SkipRetry). One in OnError or
+// PostExecute leaves the retry decision as it was: the hooks that ran
+// before it already acted on it.
 func (c *Chain) Execute(ctx context.Context, msg *broker.Message, run func(context.Context) (any, error)) *Result {
 	res := &Result{}
-	var err error
 	for _, h := range c.preExec {
-		if ctx, err = h.PreExecute(ctx, msg); err != nil {
+		var next context.Context
+		var err error
+		if p := guard(h, "PreExecute", func() { next, err = h.PreExecute(ctx, msg) }); p != nil {
+			err = p
+		}
+		if err != nil {
 			res.Err = err
 			break
+		}
+		if next != nil {
+			ctx = next
 		}
 	}
 	if res.Err == nil {
@@ -143,24 +165,91 @@ func (c *Chain) Execute(ctx context.Context, msg *broker.Message, run func(conte
 	}
 	if res.Err != nil {
 		for _, r := range c.retriers {
-			if delay, retry := r.RetryDelay(msg, res.Err); retry {
+			var delay time.Duration
+			var retry bool
+			if p := guard(r, "RetryDelay", func() { delay, retry = r.RetryDelay(msg, res.Err) }); p != nil {
+				res.addPanic(p)
+				break
+			}
+			if retry {
 				res.Retry, res.RetryDelay = true, delay
 				break
 			}
 		}
 		for i := len(c.onError) - 1; i >= 0; i-- {
-			c.onError[i].OnError(ctx, msg, res)
+			h := c.onError[i]
+			res.addPanic(guard(h, "OnError", func() { h.OnError(ctx, msg, res) }))
 		}
 	}
 	for i := len(c.postExec) - 1; i >= 0; i-- {
-		c.postExec[i].PostExecute(ctx, msg, res)
+		h := c.postExec[i]
+		res.addPanic(guard(h, "PostExecute", func() { h.PostExecute(ctx, msg, res) }))
 	}
 	return res
 }
 
-// PostSave runs the PostSave hooks.
-func (c *Chain) PostSave(ctx context.Context, msg *broker.Message, res *Result) {
+// PostSave runs the PostSave hooks, each under its own recover, and
+// returns the hooks' panics as [*PanicError] values joined (nil: none
+// panicked). A panic does not stop the later hooks.
+func (c *Chain) PostSave(ctx context.Context, msg *broker.Message, res *Result) error {
+	var errs []error
 	for i := len(c.postSave) - 1; i >= 0; i-- {
-		c.postSave[i].PostSave(ctx, msg, res)
+		h := c.postSave[i]
+		if p := guard(h, "PostSave", func() { h.PostSave(ctx, msg, res) }); p != nil {
+			errs = append(errs, p)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// PanicError is a middleware hook's recovered panic. The [Chain] turns it
+// into the task's error instead of letting it skip the other hooks.
+type PanicError struct {
+	// Middleware is the type of the panicking middleware, as %T prints it.
+	Middleware string
+	// Hook is the panicking hook: "PreExecute", "RetryDelay", "OnError",
+	// "PostExecute" or "PostSave".
+	Hook string
+	// Value is what the hook panicked with.
+	Value any
+	// Stack is the panicking goroutine's stack.
+	Stack []byte
+}
+
+// Error names the middleware, the hook and the panic's value.
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("kiq: middleware %s %s panicked: %v", e.Middleware, e.Hook, e.Value)
+}
+
+// Unwrap returns the panic's value when it is an error, so that errors.Is
+// and errors.As see through the panic.
+func (e *PanicError) Unwrap() error {
+	err, _ := e.Value.(error)
+	return err
+}
+
+// SkipRetry returns true: a middleware's bug is not retried (see [Retry]).
+func (e *PanicError) SkipRetry() bool { return true }
+
+// guard runs f, a hook of mw, and returns its panic as a *PanicError, or
+// nil.
+func guard(mw any, hook string, f func()) (pe *PanicError) {
+	defer func() {
+		if p := recover(); p != nil {
+			pe = &PanicError{Middleware: fmt.Sprintf("%T", mw), Hook: hook, Value: p, Stack: debug.Stack()}
+		}
+	}()
+	f()
+	return nil
+}
+
+// addPanic adds p, when not nil, to the result's error.
+func (r *Result) addPanic(p *PanicError) {
+	switch {
+	case p == nil:
+	case r.Err == nil:
+		r.Err = p
+	default:
+		r.Err = errors.Join(r.Err, p)
 	}
 }

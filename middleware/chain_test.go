@@ -197,3 +197,134 @@ type durationSpy struct {
 func (d durationSpy) PostExecute(ctx context.Context, msg *broker.Message, res *middleware.Result) {
 	*d.seen = res.Duration
 }
+
+// nilCtx's PreExecute returns a nil context, with err.
+type nilCtx struct {
+	middleware.Base
+	err error
+}
+
+func (n nilCtx) PreExecute(ctx context.Context, msg *broker.Message) (context.Context, error) {
+	return nil, n.err
+}
+
+// ctxCheck records whether its OnError and PostExecute hooks got a context.
+type ctxCheck struct {
+	middleware.Base
+	nils *[]string
+}
+
+func (c ctxCheck) OnError(ctx context.Context, msg *broker.Message, res *middleware.Result) {
+	if ctx == nil {
+		*c.nils = append(*c.nils, "OnError")
+	}
+}
+
+func (c ctxCheck) PostExecute(ctx context.Context, msg *broker.Message, res *middleware.Result) {
+	if ctx == nil {
+		*c.nils = append(*c.nils, "PostExecute")
+	}
+}
+
+func TestPreExecuteKeepsTheContextOnAnErrorOrANilContext(t *testing.T) {
+	var nils []string
+	hookErr := errors.New("not now")
+	ctx := context.WithValue(context.Background(), ctxKey("outer"), true)
+	chain := middleware.NewChain([]broker.Middleware{ctxCheck{nils: &nils}, nilCtx{err: hookErr}})
+	res := chain.Execute(ctx, &broker.Message{}, func(context.Context) (any, error) { return nil, nil })
+	require.ErrorIs(t, res.Err, hookErr)
+	require.Empty(t, nils, "OnError and PostExecute get the context the failing hook was given")
+
+	// (nil, nil): the task runs on the previous context, and can derive one.
+	chain = middleware.NewChain([]broker.Middleware{nilCtx{}, ctxCheck{nils: &nils}})
+	res = chain.Execute(ctx, &broker.Message{}, func(ctx context.Context) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		return ctx.Value(ctxKey("outer")), nil
+	})
+	require.NoError(t, res.Err)
+	require.Equal(t, true, res.Value)
+	require.Empty(t, nils)
+}
+
+// panicky panics in the hooks named in panics, and traces the others.
+type panicky struct {
+	middleware.Base
+	name   string
+	trace  *[]string
+	panics map[string]bool
+}
+
+func (p panicky) hook(name string) {
+	if p.panics[name] {
+		panic(p.name + " " + name + " bug")
+	}
+	*p.trace = append(*p.trace, p.name+"."+name)
+}
+
+func (p panicky) PreExecute(ctx context.Context, msg *broker.Message) (context.Context, error) {
+	p.hook("PreExecute")
+	return ctx, nil
+}
+func (p panicky) OnError(ctx context.Context, msg *broker.Message, res *middleware.Result) {
+	p.hook("OnError")
+}
+func (p panicky) PostExecute(ctx context.Context, msg *broker.Message, res *middleware.Result) {
+	p.hook("PostExecute")
+}
+func (p panicky) PostSave(ctx context.Context, msg *broker.Message, res *middleware.Result) {
+	p.hook("PostSave")
+}
+
+func TestHookPanicsDoNotSkipTheOtherPostExecuteHooks(t *testing.T) {
+	var trace []string
+	chain := middleware.NewChain([]broker.Middleware{
+		panicky{name: "m1", trace: &trace},
+		panicky{name: "m2", trace: &trace, panics: map[string]bool{"OnError": true}},
+		panicky{name: "m3", trace: &trace, panics: map[string]bool{"PostExecute": true}},
+	})
+	taskErr := errors.New("failed")
+	res := chain.Execute(context.Background(), &broker.Message{}, func(context.Context) (any, error) { return nil, taskErr })
+	require.Equal(t, []string{"m1.PreExecute", "m2.PreExecute", "m3.PreExecute",
+		"m3.OnError", "m1.OnError", "m2.PostExecute", "m1.PostExecute"}, trace)
+	require.ErrorIs(t, res.Err, taskErr)
+	var pe *middleware.PanicError
+	require.ErrorAs(t, res.Err, &pe)
+	require.Equal(t, "kiq: middleware middleware_test.panicky OnError panicked: m2 OnError bug", pe.Error())
+	require.Contains(t, res.Err.Error(), "kiq: middleware middleware_test.panicky PostExecute panicked: m3 PostExecute bug")
+	require.Contains(t, string(pe.Stack), "chain_test.go")
+
+	// A successful task whose PostExecute panicked failed, and is not retried.
+	trace = nil
+	chain = middleware.NewChain([]broker.Middleware{
+		panicky{name: "m1", trace: &trace},
+		panicky{name: "m2", trace: &trace, panics: map[string]bool{"PostExecute": true, "PostSave": true}},
+		middleware.NewRetry(middleware.RetryOptions{Always: true}),
+	})
+	res = chain.Execute(context.Background(), &broker.Message{}, func(context.Context) (any, error) { return "ok", nil })
+	require.ErrorAs(t, res.Err, &pe)
+	require.False(t, res.Retry)
+	require.Equal(t, []string{"m1.PreExecute", "m2.PreExecute", "m1.PostExecute"}, trace)
+	require.ErrorAs(t, chain.PostSave(context.Background(), &broker.Message{}, res), &pe)
+	require.Equal(t, "PostSave", pe.Hook)
+	require.Contains(t, trace, "m1.PostSave", "a panicking PostSave does not skip the others")
+}
+
+func TestAPreExecutePanicIsTheTasksErrorAndIsNotRetried(t *testing.T) {
+	var trace []string
+	chain := middleware.NewChain([]broker.Middleware{
+		panicky{name: "m1", trace: &trace},
+		panicky{name: "m2", trace: &trace, panics: map[string]bool{"PreExecute": true}},
+		panicky{name: "m3", trace: &trace},
+		middleware.NewRetry(middleware.RetryOptions{Always: true}),
+	})
+	ran := false
+	res := chain.Execute(context.Background(), &broker.Message{}, func(context.Context) (any, error) { ran = true; return nil, nil })
+	require.False(t, ran)
+	var pe *middleware.PanicError
+	require.ErrorAs(t, res.Err, &pe)
+	require.Equal(t, "PreExecute", pe.Hook)
+	require.False(t, res.Retry)
+	require.Equal(t, []string{"m1.PreExecute", "m3.OnError", "m2.OnError", "m1.OnError",
+		"m3.PostExecute", "m2.PostExecute", "m1.PostExecute"}, trace)
+}

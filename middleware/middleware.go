@@ -28,13 +28,21 @@
 //     can fail the call: a middleware logs its own errors.
 //   - PreExecute may replace the task's context (for tracing, deadlines).
 //     Its error stops later PreExecute hooks and the task; the error becomes
-//     the task's error, and OnError and PostExecute still run for all.
+//     the task's error, and OnError and PostExecute still run for all. A
+//     context returned with an error, or a nil one, is ignored: the next
+//     hooks get the context the hook was given.
 //   - OnError runs when the task (or a PreExecute) failed; PostExecute runs
 //     after every task. Both may change the [Result], for example clear
 //     Result.Err. Result.Retry is already decided when they run, so every
 //     middleware sees whether another attempt will follow, whatever the
 //     registration order.
 //   - PostSave runs after the result was stored in a result backend.
+//   - A panic in PreExecute, OnError, PostExecute or PostSave is recovered
+//     by the [Chain] as a [*PanicError], which becomes (or is joined to) the
+//     task's error; the other hooks still run, so every middleware's
+//     PostExecute sees every task it saw start. A PreExecute panic is not
+//     retried; one in OnError or PostExecute leaves the retry decision as
+//     the hooks before it saw it.
 //   - Startup runs once from broker.Startup (and so worker.Run), in
 //     registration order; its error stops the start. Shutdown runs from
 //     broker.Shutdown in reverse order; all of them run and errors are
@@ -57,48 +65,58 @@ func (Base) IsMiddleware() bool { return true }
 
 // PreSender is implemented by middlewares that act before a message is sent.
 type PreSender interface {
+	// PreSend may change msg; its error stops the send.
 	PreSend(ctx context.Context, msg *broker.Message) error
 }
 
 // PostSender is implemented by middlewares that act after a message was sent.
 type PostSender interface {
+	// PostSend runs once the broker has msg.
 	PostSend(ctx context.Context, msg *broker.Message)
 }
 
 // SendErrorHandler is implemented by middlewares that act when a send failed
 // after their PreSend succeeded.
 type SendErrorHandler interface {
+	// OnSendError runs with the error of the broker or of a later PreSend.
 	OnSendError(ctx context.Context, msg *broker.Message, err error)
 }
 
 // PreExecutor is implemented by middlewares that act before a task runs.
 type PreExecutor interface {
+	// PreExecute returns the task's context, ctx or one derived from it;
+	// its error stops the task and becomes its error.
 	PreExecute(ctx context.Context, msg *broker.Message) (context.Context, error)
 }
 
 // ErrorHandler is implemented by middlewares that act when a task failed.
 type ErrorHandler interface {
+	// OnError runs when the task failed; it may change res.
 	OnError(ctx context.Context, msg *broker.Message, res *Result)
 }
 
 // PostExecutor is implemented by middlewares that act after every task.
 type PostExecutor interface {
+	// PostExecute runs after every execution; it may change res.
 	PostExecute(ctx context.Context, msg *broker.Message, res *Result)
 }
 
 // PostSaver is implemented by middlewares that act after a result was stored.
 type PostSaver interface {
+	// PostSave runs after res was stored in a result backend.
 	PostSave(ctx context.Context, msg *broker.Message, res *Result)
 }
 
 // Starter is implemented by middlewares with a start-up step, such as a
 // connection check.
 type Starter interface {
+	// Startup runs from broker.Startup; its error stops the start.
 	Startup(ctx context.Context) error
 }
 
 // Shutdowner is implemented by middlewares that hold resources to release.
 type Shutdowner interface {
+	// Shutdown runs from broker.Shutdown and releases the resources.
 	Shutdown(ctx context.Context) error
 }
 
@@ -106,6 +124,8 @@ type Shutdowner interface {
 // tried again. The worker asks every Retrier, in registration order, before
 // OnError runs; the first that answers retry=true sets Result.Retry.
 type Retrier interface {
+	// RetryDelay says whether msg, failed with err, is tried again, and
+	// after what delay.
 	RetryDelay(msg *broker.Message, err error) (delay time.Duration, retry bool)
 }
 
@@ -119,6 +139,8 @@ type Result struct {
 	Duration time.Duration
 	// Retry is true when the task failed and another attempt will follow,
 	// after RetryDelay.
-	Retry      bool
+	Retry bool
+	// RetryDelay is how long after this attempt the next one is due; it
+	// means something only when Retry is true.
 	RetryDelay time.Duration
 }

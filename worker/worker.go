@@ -15,10 +15,11 @@
 //     PreExecute hooks, the task's handler, the retry decision, OnError and
 //     PostExecute hooks (see package middleware for the order). The handler
 //     runs with the task's timeout label as its context deadline, and a
-//     panic in it (or in a hook) is recovered as a [*PanicError] with the
-//     stack: it is that task's failure, never the worker's crash. The hooks'
-//     context does not carry the deadline, so a PostExecute hook can still
-//     reach Redis after the task timed out;
+//     panic in it is recovered as a [*PanicError] with the stack (a hook's,
+//     by the chain, as a [*middleware.PanicError]): it is that task's
+//     failure, never the worker's crash. The hooks' context does not carry
+//     the deadline, so a PostExecute hook can still reach Redis after the
+//     task timed out;
 //  3. when the outcome is final (a success, or a failure not retried) and
 //     the broker has a result backend (broker.ResultHolder), stores the
 //     result and runs the PostSave hooks;
@@ -560,6 +561,9 @@ func (r *run) execute(d *broker.Delivery) {
 	if pe, ok := errors.AsType[*PanicError](res.Err); ok {
 		w.log.Error("kiq: task panicked", slog.String("task_name", msg.TaskName), slog.String("task_id", msg.TaskID),
 			slog.Any("panic", pe.Value), slog.String("stack", string(pe.Stack)))
+	} else if mp, ok := errors.AsType[*middleware.PanicError](res.Err); ok {
+		w.log.Error("kiq: middleware hook panicked", slog.String("task_name", msg.TaskName), slog.String("task_id", msg.TaskID),
+			slog.String("middleware", mp.Middleware), slog.String("hook", mp.Hook), slog.Any("panic", mp.Value), slog.String("stack", string(mp.Stack)))
 	}
 	switch {
 	case res.Err == nil:
@@ -594,9 +598,10 @@ func (r *run) execute(d *broker.Delivery) {
 	}
 }
 
-// executeChain runs the middleware chain around f. A panic in a
-// middleware's hook (the handler's own is recovered by call) fails the task
-// with a *PanicError, without a retry, instead of crashing the worker.
+// executeChain runs the middleware chain around f. The chain recovers its
+// hooks' panics itself (the handler's are recovered by call); any other
+// panic fails the task with a *PanicError, without a retry, instead of
+// crashing the worker.
 func (r *run) executeChain(msg *broker.Message, f func(context.Context) (any, error)) (res *middleware.Result) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -646,7 +651,7 @@ func (r *run) saveResult(msg *broker.Message, res *middleware.Result) {
 // errorKind classifies a task's error for its stored result.
 func errorKind(err error) string {
 	switch {
-	case errors.As(err, new(*PanicError)):
+	case errors.As(err, new(*PanicError)), errors.As(err, new(*middleware.PanicError)):
 		return "panic"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"

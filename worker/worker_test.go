@@ -255,7 +255,7 @@ func TestAPanickingMiddlewareDoesNotCrashTheWorker(t *testing.T) {
 	require.Equal(t, 1, recv(t, ran))
 	require.Equal(t, 2, recv(t, ran), "the worker goes on")
 	require.Eventually(t, func() bool { return w.Stats().DeadLettered == 2 }, 5*time.Second, time.Millisecond)
-	require.Equal(t, "kiq: task panicked: hook bug", deadLetters(t, b)[0].Reason)
+	require.Equal(t, "kiq: middleware worker_test.panickyHook PostExecute panicked: hook bug", deadLetters(t, b)[0].Reason)
 }
 
 // ctxSpy reports the context its PostExecute hook gets.

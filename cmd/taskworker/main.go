@@ -36,14 +36,18 @@ func main() {
 // time, whatever the locale.
 type WelcomeArgs struct {
 	task.Meta `deduplication_key_fields:"user_id" deduplication_ttl:"60"`
-	UserID    int    `msgpack:"user_id"`
-	Locale    string `msgpack:"locale"`
+	// UserID is the user to welcome.
+	UserID int `msgpack:"user_id"`
+	// Locale is the welcome's language.
+	Locale string `msgpack:"locale"`
 }
 
 // ResizeArgs are the arguments of resize_image.
 type ResizeArgs struct {
+	// ImageID is the image to resize.
 	ImageID int `msgpack:"image_id"`
-	Width   int `msgpack:"width"`
+	// Width is the width to resize it to; not positive fails the task.
+	Width int `msgpack:"width"`
 }
 
 var (
@@ -51,9 +55,10 @@ var (
 	resizeImage *task.Task[ResizeArgs]
 )
 
-// setup registers the deduplication middleware and the demo tasks.
-func setup(ctx context.Context, b *broker.ListQueue) error {
-	mw, err := dedup.New("", dedup.WithClient(b.Client()))
+// setup registers the deduplication middleware, its locks under
+// --dedup-prefix, and the demo tasks.
+func setup(ctx context.Context, b *broker.ListQueue, s cli.Settings) error {
+	mw, err := dedup.New("", dedup.WithClient(b.Client()), dedup.WithKeyPrefix(s.DedupPrefix))
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kiq-go/kiq/internal/testlog"
 
+	"github.com/kiq-go/kiq/broker"
 	"github.com/kiq-go/kiq/internal/redistest"
 	"github.com/kiq-go/kiq/worker/cli"
 	"github.com/stretchr/testify/require"
@@ -29,4 +30,28 @@ func TestQuickStart(t *testing.T) {
 		"hundreds of tasks done and some failed within seconds")
 	cancel()
 	require.Equal(t, 0, <-code)
+}
+
+// The worker's deduplication middleware takes its locks under
+// --dedup-prefix, where the locks commands look.
+func TestTheWorkersLocksFollowDedupPrefix(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := redistest.Prefix(t)
+	locks := prefix + ":locks"
+	ctx := context.Background()
+	b, err := broker.NewListQueue(srv.URL(), broker.WithKeyPrefix(prefix))
+	require.NoError(t, err)
+	defer b.Shutdown(ctx)
+	require.NoError(t, setup(ctx, b, cli.Settings{KeyPrefix: prefix, DedupPrefix: locks, Queues: []string{"taskiq"}}))
+	_, err = sendWelcome.Kiq(ctx, WelcomeArgs{UserID: 7})
+	require.NoError(t, err)
+	keys, err := srv.Client(t).Keys(ctx, locks+":*").Result()
+	require.NoError(t, err)
+	require.Len(t, keys, 1, "the lock is under --dedup-prefix")
+
+	var out, errOut bytes.Buffer
+	app := cli.App{Name: "taskworker", Setup: setup}
+	require.Equal(t, 0, app.Run(ctx, []string{"locks", "list", "--redis-url", srv.URL(), "--key-prefix", prefix, "--dedup-prefix", locks},
+		&out, &errOut), errOut.String())
+	require.Contains(t, out.String(), keys[0])
 }

@@ -21,6 +21,7 @@ import (
 
 // ShoutArgs are the arguments of shout.
 type ShoutArgs struct {
+	// Text is what to shout.
 	Text string `msgpack:"text"`
 }
 
@@ -32,8 +33,8 @@ var shout *task.Task[ShoutArgs]
 func app() cli.App {
 	return cli.App{
 		Name: "customworker",
-		Setup: func(ctx context.Context, b *broker.ListQueue) error {
-			mw, err := dedup.New("", dedup.WithClient(b.Client()))
+		Setup: func(ctx context.Context, b *broker.ListQueue, s cli.Settings) error {
+			mw, err := dedup.New("", dedup.WithClient(b.Client()), dedup.WithKeyPrefix(s.DedupPrefix))
 			if err != nil {
 				return err
 			}

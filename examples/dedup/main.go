@@ -26,7 +26,9 @@ import (
 
 // WelcomeArgs are send_welcome's arguments.
 type WelcomeArgs struct {
-	UserID int    `msgpack:"user_id"`
+	// UserID is the user to welcome.
+	UserID int `msgpack:"user_id"`
+	// Locale is the welcome's language.
 	Locale string `msgpack:"locale"`
 }
 

@@ -24,12 +24,15 @@ import (
 // is a duplicate.
 type WelcomeArgs struct {
 	task.Meta `deduplication_key_fields:"user_id"`
-	UserID    int    `msgpack:"user_id"`
-	Locale    string `msgpack:"locale"`
+	// UserID is the user to welcome, and the fingerprint.
+	UserID int `msgpack:"user_id"`
+	// Locale is the welcome's language, not in the fingerprint.
+	Locale string `msgpack:"locale"`
 }
 
 // ReportArgs are the arguments of a nightly report.
 type ReportArgs struct {
+	// Day is the report's day, as YYYY-MM-DD.
 	Day string `msgpack:"day"`
 }
 

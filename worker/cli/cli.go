@@ -3,7 +3,7 @@
 // operator commands the same way:
 //
 //	func main() {
-//		cli.Main(cli.App{Setup: func(ctx context.Context, b *broker.ListQueue) error {
+//		cli.Main(cli.App{Setup: func(ctx context.Context, b *broker.ListQueue, s cli.Settings) error {
 //			tasks.Register(b) // task.Define(b, ...) for each task
 //			return nil
 //		}})
@@ -23,6 +23,11 @@
 //
 // Operator commands print an aligned table, or JSON with --json; errors go
 // to stderr with exit status 1, usage errors 2.
+//
+// Unless Setup gave the broker a result backend, the command line gives it
+// one in Redis (broker.NewRedisResults, under --key-prefix, kept for
+// --result-ttl, default one hour; 0 turns it off): the worker stores every
+// task's final result there, and `tasks show` reads it.
 //
 // Without --redis-url, the worker runs on an embedded, in-process Redis
 // (miniredis), so a first run needs nothing installed.
@@ -52,20 +57,45 @@ type App struct {
 	// Name is the program's name in usage text. Default: os.Args[0]'s base.
 	Name string
 	// Setup registers the program's tasks and middlewares on the broker the
-	// command line built. It runs before every command.
-	Setup func(ctx context.Context, b *broker.ListQueue) error
+	// command line built, with the settings of the command line's flags. It
+	// runs before every command.
+	Setup func(ctx context.Context, b *broker.ListQueue, s Settings) error
 	// Demo, when set, runs beside the worker on the embedded Redis only (no
 	// --redis-url): a producer that shows the worker at work. It must return
 	// when ctx ends.
 	Demo func(ctx context.Context, b *broker.ListQueue) error
 }
 
-// Main runs the command line in os.Args and exits with its status.
+// Settings are what Setup needs to know of the command line's flags.
+type Settings struct {
+	// KeyPrefix is --key-prefix, the prefix of the broker's keys (the broker
+	// has it already).
+	KeyPrefix string
+	// DedupPrefix is --dedup-prefix, the prefix of deduplication lock keys
+	// that the locks commands read. A program with the deduplication
+	// middleware passes it to dedup.WithKeyPrefix, so that its worker takes
+	// the locks the locks commands show.
+	DedupPrefix string
+	// Queues are the queues of --queues; the first is the broker's default.
+	Queues []string
+	// Embedded is true when the broker runs on the embedded, in-process
+	// Redis (no --redis-url).
+	Embedded bool
+}
+
+// Main runs the command line in os.Args and exits with its status. The
+// first SIGINT or SIGTERM stops the worker gracefully; a second one, during
+// the drain, kills the process as if Main had not caught signals at all.
 func Main(app App) {
+	os.Exit(app.Run(signalContext(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// signalContext returns a context that ends at the first SIGINT or SIGTERM,
+// after which the signals' default behaviour (ending the process) is back.
+func signalContext() context.Context {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := app.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
+	context.AfterFunc(ctx, stop)
+	return ctx
 }
 
 // flags are the options every command shares.
@@ -74,6 +104,7 @@ type flags struct {
 	queues          string
 	keyPrefix       string
 	dedupPrefix     string
+	resultTTL       time.Duration
 	concurrency     int
 	prefetch        int
 	shutdownTimeout time.Duration
@@ -88,7 +119,8 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.redisURL, "redis-url", os.Getenv("KIQ_REDIS_URL"), "Redis to consume (env KIQ_REDIS_URL); empty: an embedded in-process Redis")
 	fs.StringVar(&f.queues, "queues", broker.DefaultQueue, "comma-separated queues to consume")
 	fs.StringVar(&f.keyPrefix, "key-prefix", "kiq", "prefix of the broker's Redis keys")
-	fs.StringVar(&f.dedupPrefix, "dedup-prefix", "taskiq:deduplication", "prefix of deduplication lock keys")
+	fs.StringVar(&f.dedupPrefix, "dedup-prefix", "taskiq:deduplication", "prefix of deduplication lock keys (the worker's and the locks commands')")
+	fs.DurationVar(&f.resultTTL, "result-ttl", broker.DefaultResultTTL, "how long results are kept in Redis for tasks show (0: results are not stored), unless the program set a result backend")
 	fs.IntVar(&f.concurrency, "concurrency", 16, "tasks run at once")
 	fs.IntVar(&f.prefetch, "prefetch", 0, "most tasks held at once, running or waiting (0: twice the concurrency)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to wait for running tasks on shutdown")
@@ -160,6 +192,16 @@ func (app App) Run(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 2
 	}
+	if len(f.queueList()) == 0 {
+		fmt.Fprintf(stderr, "%s: --queues %q names no queue\n", name, f.queues)
+		return 2
+	}
+	if cmd == "run" && fs.NArg() > 0 {
+		// "taskworker --redis-url X locks list" would otherwise run a worker.
+		fmt.Fprintf(stderr, "%s: unexpected arguments %q: the command goes first (%s COMMAND [flags] [args])\n",
+			name, fs.Args(), name)
+		return 2
+	}
 	// The command line owns the process: middlewares and tasks that log
 	// to the default logger follow --log-level and --log-format too.
 	slog.SetDefault(log)
@@ -201,9 +243,14 @@ func (app App) withBroker(ctx context.Context, f *flags, log *slog.Logger, fn fu
 	}
 	defer b.Shutdown(context.WithoutCancel(ctx))
 	if app.Setup != nil {
-		if err := app.Setup(ctx, b); err != nil {
+		s := Settings{KeyPrefix: f.keyPrefix, DedupPrefix: f.dedupPrefix, Queues: f.queueList(), Embedded: embedded}
+		if err := app.Setup(ctx, b, s); err != nil {
 			return fmt.Errorf("setup: %w", err)
 		}
+	}
+	if b.ResultBackend() == nil && f.resultTTL > 0 {
+		// Shutdown closes it.
+		b.WithResultBackend(broker.NewRedisResults(b.Client(), f.keyPrefix, f.resultTTL))
 	}
 	if embedded && app.Demo != nil {
 		ctx, cancel := context.WithCancel(ctx)
@@ -221,9 +268,6 @@ func (app App) withBroker(ctx context.Context, f *flags, log *slog.Logger, fn fu
 }
 
 func (app App) runWorker(ctx context.Context, b *broker.ListQueue, f *flags, log *slog.Logger, stderr io.Writer) error {
-	if len(f.queueList()) == 0 {
-		return usageError{errors.New("--queues names no queue")}
-	}
 	w := worker.New(b, worker.Options{
 		Concurrency:     f.concurrency,
 		Prefetch:        f.prefetch,

@@ -1,10 +1,15 @@
 package cli_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,7 +23,84 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestMain(m *testing.M) { redistest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv("KIQ_CLI_TEST_MAIN") != "" {
+		mainProcess()
+		return
+	}
+	redistest.Main(m)
+}
+
+// mainProcess is the test binary run as a worker program by
+// TestASecondSignalKillsTheDrainingWorker: on the embedded Redis, its demo
+// kicks one task that never returns, and it says when the task started.
+func mainProcess() {
+	os.Args = []string{"worker", "--progress", "0", "--shutdown-timeout", "1m", "--log-level", "error"}
+	var tk *task.Task[Args]
+	cli.Main(cli.App{
+		Setup: func(ctx context.Context, b *broker.ListQueue, s cli.Settings) error {
+			tk = task.Define(b, "stuck", func(context.Context, Args) error {
+				fmt.Fprintln(os.Stderr, "task started")
+				time.Sleep(time.Hour)
+				return nil
+			})
+			return nil
+		},
+		Demo: func(ctx context.Context, b *broker.ListQueue) error {
+			_, err := tk.Kiq(ctx, Args{})
+			return err
+		},
+	})
+}
+
+func TestASecondSignalKillsTheDrainingWorker(t *testing.T) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "KIQ_CLI_TEST_MAIN=1")
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	started := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if sc.Text() == "task started" {
+				close(started)
+			}
+		}
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("the worker did not start its task")
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	// The first signal starts the drain, which would wait a minute for the
+	// stuck task; a later one ends the process at once. Signal until then:
+	// one sent before the first was handled is swallowed.
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			var exit *exec.ExitError
+			require.ErrorAs(t, err, &exit)
+			ws := exit.Sys().(syscall.WaitStatus)
+			require.True(t, ws.Signaled(), "killed by the signal, not exited: %v", err)
+			require.Equal(t, syscall.SIGINT, ws.Signal())
+			return
+		case <-tick.C:
+			_ = cmd.Process.Signal(os.Interrupt)
+		case <-deadline:
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Fatal("a second SIGINT did not end the draining worker")
+		}
+	}
+}
 
 type Args struct {
 	N int `msgpack:"n"`
@@ -28,7 +110,7 @@ type Args struct {
 func demoApp(ran chan<- int) cli.App {
 	var tk *task.Task[Args]
 	return cli.App{
-		Setup: func(ctx context.Context, b *broker.ListQueue) error {
+		Setup: func(ctx context.Context, b *broker.ListQueue, s cli.Settings) error {
 			tk = task.Define(b, "t", func(ctx context.Context, a Args) error { ran <- a.N; return nil })
 			return nil
 		},
@@ -134,6 +216,11 @@ func TestUsageErrors(t *testing.T) {
 		{"locks"},
 		{"locks", "drop"},
 		{"locks", "release"},
+		{"--queues", ","},
+		{"queues", "--queues", " , "},
+		// The command must come first: this is no worker run.
+		{"--redis-url", "redis://127.0.0.1:1", "locks", "list"},
+		{"--progress", "0", "stray"},
 	} {
 		var errOut bytes.Buffer
 		require.Equal(t, 2, app.Run(ctx, args, &bytes.Buffer{}, &errOut), "%v", args)
@@ -142,4 +229,17 @@ func TestUsageErrors(t *testing.T) {
 	var errOut bytes.Buffer
 	require.Equal(t, 1, app.Run(ctx, []string{"--redis-url", "http://nope"}, &bytes.Buffer{}, &errOut))
 	require.Contains(t, errOut.String(), "bad Redis URL")
+}
+
+func TestSetupGetsTheSettings(t *testing.T) {
+	var got cli.Settings
+	app := cli.App{Setup: func(ctx context.Context, b *broker.ListQueue, s cli.Settings) error {
+		got = s
+		return nil
+	}}
+	var errOut bytes.Buffer
+	code := app.Run(context.Background(), []string{"queues", "--dedup-prefix", "my:locks", "--key-prefix", "mine", "--queues", "a, b"},
+		&bytes.Buffer{}, &errOut)
+	require.Equal(t, 0, code, errOut.String())
+	require.Equal(t, cli.Settings{KeyPrefix: "mine", DedupPrefix: "my:locks", Queues: []string{"a", "b"}, Embedded: true}, got)
 }

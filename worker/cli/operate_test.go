@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/kiq-go/kiq/broker"
 	"github.com/kiq-go/kiq/internal/redistest"
+	"github.com/kiq-go/kiq/internal/testlog"
+	"github.com/kiq-go/kiq/task"
 	"github.com/kiq-go/kiq/worker/cli"
 	"github.com/stretchr/testify/require"
 )
@@ -124,4 +127,61 @@ func TestTasksShow(t *testing.T) {
 	require.Equal(t, 1, code)
 	require.Contains(t, errOut, "not found")
 	_ = time.Second
+}
+
+// The worker the command line runs stores results in Redis by default, so
+// tasks show finds a finished task.
+func TestTasksShowADoneTask(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := redistest.Prefix(t)
+	conn := []string{"--redis-url", srv.URL(), "--key-prefix", prefix}
+	app := cli.App{Setup: func(ctx context.Context, b *broker.ListQueue, s cli.Settings) error {
+		task.DefineResult(b, "double", func(ctx context.Context, a map[string]int) (int, error) { return 2 * a["n"], nil })
+		return nil
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr testlog.Buffer
+	code := make(chan int, 1)
+	go func() { code <- app.Run(ctx, append([]string{"--progress", "0"}, conn...), &bytes.Buffer{}, &stderr) }()
+	defer func() {
+		cancel()
+		require.Equal(t, 0, <-code, stderr.String())
+	}()
+
+	// A producer of its own, without a result backend.
+	b, err := broker.NewListQueue(srv.URL(), broker.WithKeyPrefix(prefix))
+	require.NoError(t, err)
+	defer b.Shutdown(context.Background())
+	h, err := task.Define(b, "double", func(context.Context, map[string]int) error { return nil }).Kiq(ctx, map[string]int{"n": 21})
+	require.NoError(t, err)
+
+	show := func(extra ...string) (int, string, string) {
+		var out, errOut bytes.Buffer
+		args := append(append(append([]string{"tasks", "show"}, conn...), extra...), h.TaskID())
+		return app.Run(context.Background(), args, &out, &errOut), out.String(), errOut.String()
+	}
+	done := regexp.MustCompile(`STATE\s+done\n`)
+	var out string
+	require.Eventually(t, func() bool {
+		var c int
+		c, out, _ = show()
+		return c == 0 && done.MatchString(out)
+	}, 5*time.Second, 10*time.Millisecond, "the task's result is stored")
+	require.Regexp(t, `TASK ID\s+`+h.TaskID()+`\n`, out)
+	require.Regexp(t, `TASK\s+double\n`, out)
+	require.Regexp(t, `RESULT\s+42\n`, out)
+
+	c, out, _ := show("--json")
+	require.Equal(t, 0, c)
+	var v struct {
+		State  string `json:"state"`
+		Result struct {
+			Value    any    `json:"value"`
+			Duration string `json:"duration"`
+		} `json:"result"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &v), out)
+	require.Equal(t, "done", v.State)
+	require.EqualValues(t, 42, v.Result.Value)
+	require.NotEmpty(t, v.Result.Duration)
 }
