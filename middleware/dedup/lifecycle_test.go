@@ -67,6 +67,24 @@ func TestScheduledHolderIsNotTakenOver(t *testing.T) {
 	})
 }
 
+// Self-healing never takes over a lock without a TTL (someone set it by
+// hand, or another tool), nor one within its grace, on either path.
+func TestSelfHealingSparesLocksWithoutTTLOrWithinTheGrace(t *testing.T) {
+	bothPaths(t, func(t *testing.T, b *broker.ListQueue, mw *dedup.Middleware, locks *redis.Client, prefix string) {
+		ctx := context.Background()
+		tk := welcome(t, b)
+		key := prefix + ":" + welcomeFingerprint
+		for holder, ttl := range map[string]time.Duration{"forever": 0, "sending": 10 * time.Second} {
+			require.NoError(t, locks.Set(ctx, key, holder, ttl).Err())
+			_, err := tk.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
+			var dup *dedup.DuplicateTaskError
+			require.ErrorAs(t, err, &dup, holder)
+			require.Equal(t, holder, dup.HolderTaskID)
+		}
+		require.Zero(t, mw.Stats().LocksTakenOver)
+	})
+}
+
 // LocksReleased counts releases that happened: by the ack or dead-letter
 // script on the atomic path, only when the lock was still the task's.
 func TestLocksReleasedCountsOnlyRealReleases(t *testing.T) {
