@@ -335,7 +335,8 @@ func (c *lqConsumer) giveBack(q string, r blocked) {
 
 // Ack settles deliveries as done: one ack.lua per queue, all in one round
 // trip. Settling a delivery the consumer no longer holds (it was delivered
-// again after the consumer was taken for dead) does nothing.
+// again after the consumer was taken for dead) does nothing. The locks the
+// script released are reported through their Lock.Released.
 func (c *lqConsumer) Ack(ctx context.Context, ds ...*Delivery) error {
 	if len(ds) == 0 {
 		return nil
@@ -343,6 +344,8 @@ func (c *lqConsumer) Ack(ctx context.Context, ds ...*Delivery) error {
 	type call struct {
 		keys []string
 		args []any
+		ds   []*Delivery
+		cmd  *redis.Cmd
 	}
 	var queues []string
 	calls := map[string]*call{}
@@ -359,20 +362,33 @@ func (c *lqConsumer) Ack(ctx context.Context, ds ...*Delivery) error {
 			lock = len(cl.keys)
 		}
 		cl.args = append(cl.args, d.ID, lock)
+		cl.ds = append(cl.ds, d)
 	}
 	var err error
 	if len(queues) == 1 {
 		cl := calls[queues[0]]
-		err = ackScript.Run(ctx, c.b.client, cl.keys, cl.args...).Err()
+		cl.cmd = ackScript.Run(ctx, c.b.client, cl.keys, cl.args...)
+		err = cl.cmd.Err()
 	} else {
 		err = c.b.pipelineScript(ctx, ackScript, func(p redis.Pipeliner) {
 			for _, q := range queues {
-				ackScript.EvalSha(ctx, p, calls[q].keys, calls[q].args...)
+				calls[q].cmd = ackScript.EvalSha(ctx, p, calls[q].keys, calls[q].args...)
 			}
 		})
 	}
 	if err != nil {
 		return fmt.Errorf("kiq: ack: %w", err)
+	}
+	for _, q := range queues {
+		cl := calls[q]
+		res, _ := cl.cmd.Slice()
+		for _, v := range res[min(1, len(res)):] {
+			if i, ok := v.(int64); ok && i >= 1 && int(i) <= len(cl.ds) {
+				if l := cl.ds[i-1].unlock(); l != nil && l.Released != nil {
+					l.Released()
+				}
+			}
+		}
 	}
 	return nil
 }
@@ -460,7 +476,8 @@ func (c *lqConsumer) Retry(ctx context.Context, d *Delivery, msg *Message, delay
 
 // DeadLetter settles d by recording it, with reason, in its queue's
 // dead-letter list (newest first, capped by WithDeadLetterLimit). The dead
-// letter keeps the task id even when the message did not decode.
+// letter keeps the task id even when the message did not decode. A lock the
+// script released is reported through its Lock.Released.
 func (c *lqConsumer) DeadLetter(ctx context.Context, d *Delivery, reason string) error {
 	dl := DeadLetter{TaskID: d.ID, Queue: d.Queue, Reason: reason, At: time.Now(), Raw: d.Raw}
 	if d.Message != nil {
@@ -475,8 +492,12 @@ func (c *lqConsumer) DeadLetter(ctx context.Context, d *Delivery, reason string)
 	if l := d.unlock(); l != nil && c.b.LocksAtomically(l.Client) {
 		keys = append(keys, l.Key)
 	}
-	if err := deadScript.Run(ctx, c.b.client, keys, d.ID, entry, c.b.deadLimit).Err(); err != nil {
+	n, err := deadScript.Run(ctx, c.b.client, keys, d.ID, entry, c.b.deadLimit).Int()
+	if err != nil {
 		return fmt.Errorf("kiq: dead letter: %w", err)
+	}
+	if l := d.unlock(); n == 2 && l != nil && l.Released != nil {
+		l.Released()
 	}
 	return nil
 }

@@ -433,6 +433,66 @@ func TestLockWithinItsGraceIsNotTakenOver(t *testing.T) {
 	require.ErrorAs(t, b.Kick(ctx, lockMsg(client, key+"-forever")), &held)
 }
 
+// The ack and dead-letter scripts report each lock they deleted through
+// its Lock.Released, in one round trip, across queues; a lock gone or held
+// by another task is not reported.
+func TestSettlingReportsReleasedLocks(t *testing.T) {
+	b := newListQueue(t)
+	ctx := context.Background()
+	client := b.Client()
+	var mu sync.Mutex
+	released := map[string]int{}
+	kick := func(queue, key string) {
+		t.Helper()
+		m := lockMsg(client, key)
+		m.Labels = broker.Labels{broker.LabelQueue: queue}
+		require.NoError(t, b.Kick(ctx, m))
+	}
+	p := b.KeyPrefix()
+	kick("q1", p+":l1")
+	kick("q1", p+":l2")
+	kick("q2", p+":l3")
+	kick("q2", p+":l4")
+	kick("q2", p+":warm-up")
+	c, err := b.Consume(ctx, broker.ConsumeOptions{Queues: []string{"q1", "q2"}})
+	require.NoError(t, err)
+	defer c.Close(ctx)
+	ds := fetchAll(t, c, 5)
+	for i, d := range ds {
+		if client.Get(ctx, p+":warm-up").Val() == d.ID {
+			require.NoError(t, c.Ack(ctx, d)) // loads the ack script
+			ds = append(ds[:i], ds[i+1:]...)
+			break
+		}
+	}
+	byKey := map[string]*broker.Delivery{}
+	for _, d := range ds {
+		for _, k := range []string{"l1", "l2", "l3", "l4"} {
+			if client.Get(ctx, p+":"+k).Val() == d.ID {
+				byKey[k] = d
+				d.Message.Unlock = &broker.Lock{Client: client, Key: p + ":" + k, Released: func() {
+					mu.Lock()
+					released[k]++
+					mu.Unlock()
+				}}
+			}
+		}
+	}
+	require.Len(t, byKey, 4)
+	require.NoError(t, client.Set(ctx, p+":l2", "another-task", time.Minute).Err())
+	require.NoError(t, client.Del(ctx, p+":l3").Err())
+	rt := &roundTrips{}
+	client.AddHook(rt)
+	require.NoError(t, c.Ack(ctx, byKey["l1"], byKey["l2"], byKey["l3"]))
+	require.Equal(t, int64(1), rt.n.Load(), "two queues, one round trip")
+	require.NoError(t, c.DeadLetter(ctx, byKey["l4"], "boom"))
+	require.Equal(t, map[string]int{"l1": 1, "l4": 1}, released)
+	require.Equal(t, "another-task", client.Get(ctx, p+":l2").Val())
+	require.Zero(t, client.Exists(ctx, p+":l1", p+":l4").Val())
+	require.NoError(t, c.Ack(ctx, byKey["l1"]))
+	require.Equal(t, 1, released["l1"], "settling twice reports nothing")
+}
+
 func TestLockedKicksRaceToOneMessage(t *testing.T) {
 	b := newListQueue(t)
 	ctx := context.Background()

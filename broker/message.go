@@ -95,6 +95,12 @@ type Lock struct {
 	// TakenOver, when set, is called after the broker took the lock over
 	// from holder.
 	TakenOver func(holder string)
+	// Released, when set on a [Message.Unlock], is called after the
+	// consumer's settling script (ack or dead letter) deleted the lock: the
+	// task still held it. It is not called when the lock was gone or held
+	// by another task, when the delivery was handed back, or when the
+	// settling call failed.
+	Released func()
 }
 
 // LockingBroker is implemented by brokers that can take a [Lock] atomically

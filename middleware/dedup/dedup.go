@@ -167,6 +167,13 @@ func (m *Middleware) ttl(msg *broker.Message) time.Duration {
 	return m.cfg.defaultTTL
 }
 
+// sendTTL is the TTL a lock gets when its task is sent: the task's TTL
+// counted from when it may first run, so a delayed task does not lose its
+// lock while it waits.
+func (m *Middleware) sendTTL(msg *broker.Message) time.Duration {
+	return m.ttl(msg) + msg.Delay()
+}
+
 // duplicate logs the rejection and returns its error.
 func (m *Middleware) duplicate(msg *broker.Message, key, holder string) error {
 	m.stats.duplicates.Add(1)
@@ -186,12 +193,11 @@ func (m *Middleware) PreSend(ctx context.Context, msg *broker.Message) error {
 		msg.Labels = broker.Labels{}
 	}
 	msg.Labels[LabelLock] = key
-	ttl := m.ttl(msg)
 	if m.lockAtomically() {
 		msg.Lock = &broker.Lock{
 			Client:    m.client,
 			Key:       key,
-			TTL:       ttl,
+			TTL:       m.sendTTL(msg),
 			Held:      func(holder string) error { return m.duplicate(msg, key, holder) },
 			TakeOver:  m.cfg.selfHeal,
 			Grace:     m.cfg.graceTTL,
@@ -205,6 +211,15 @@ func (m *Middleware) PreSend(ctx context.Context, msg *broker.Message) error {
 
 // acquire takes the lock with the grace TTL before the send; PostSend
 // extends it to the full TTL.
+//
+// A held lock is taken over (with self-healing on) only when it had more
+// than the grace TTL left when acquire.lua found it, and its holder then
+// exists nowhere on the queue. The first condition makes the second sound:
+// a lock on this path lives longer than the grace only once its producer
+// extended it, which happens after its send landed, so the existence check
+// that follows cannot miss a send still under way. (A check of the TTL
+// after the existence check, as takeover.lua also makes, cannot tell a
+// send that landed and was extended meanwhile from a vanished holder.)
 func (m *Middleware) acquire(ctx context.Context, msg *broker.Message, key string) error {
 	res, err := m.calls.Script(ctx, acquireScript, []string{key}, msg.TaskID, m.cfg.graceTTL.Milliseconds()).Slice()
 	if err != nil {
@@ -215,7 +230,11 @@ func (m *Middleware) acquire(ctx context.Context, msg *broker.Message, key strin
 		return nil
 	}
 	holder, _ := res[1].(string)
-	if m.cfg.selfHeal && m.holderGone(ctx, msg, holder) {
+	var pttl int64
+	if len(res) > 2 {
+		pttl, _ = res[2].(int64)
+	}
+	if m.cfg.selfHeal && pttl > m.cfg.graceTTL.Milliseconds() && m.holderGone(ctx, msg, holder) {
 		ok, err := m.calls.Script(ctx, takeoverScript, []string{key}, holder, msg.TaskID, m.cfg.graceTTL.Milliseconds()).Int()
 		if err != nil {
 			return m.acquireFailed(msg, key, err)
@@ -260,16 +279,25 @@ func (m *Middleware) acquireFailed(msg *broker.Message, key string, err error) e
 	return fmt.Errorf("kiq: dedup: take lock %s: %w", key, err)
 }
 
-// PostSend extends a lock taken with the grace TTL to the full TTL.
+// PostSend extends a lock taken with the grace TTL to the full TTL (plus
+// the task's delay). A lock found gone or held by another task (the send
+// outlasted the grace TTL) is logged and counted in Stats.GraceLocksLost:
+// the task was sent, unprotected.
 func (m *Middleware) PostSend(ctx context.Context, msg *broker.Message) {
 	key, ok := msg.Labels.String(LabelLock)
 	if !ok || msg.Lock != nil {
 		return
 	}
-	if err := m.calls.Script(ctx, extendScript, []string{key}, msg.TaskID, m.ttl(msg).Milliseconds()).Err(); err != nil {
+	n, err := m.calls.Script(ctx, extendScript, []string{key}, msg.TaskID, m.sendTTL(msg).Milliseconds()).Int()
+	switch {
+	case err != nil:
 		m.stats.errors.Add(1)
 		m.log.Warn("kiq: could not extend a deduplication lock after the send; it expires with the grace TTL",
 			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.Any("error", err))
+	case n == 0:
+		m.stats.graceLost.Add(1)
+		m.log.Warn("kiq: deduplication lock lost before the send completed (the send outlasted the grace TTL); the task was sent unprotected",
+			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.String("task_id", msg.TaskID))
 	}
 }
 
@@ -283,14 +311,6 @@ func (m *Middleware) OnSendError(ctx context.Context, msg *broker.Message, err e
 	}
 	if msg.Lock != nil {
 		m.stats.taken.Add(-1)
-		return
-	}
-	if m.lockAtomically() {
-		// The broker releases it in the script that settles the delivery:
-		// no round trip of its own, and no release if the delivery is
-		// handed back instead (the task then still owes its run).
-		msg.Unlock = &broker.Lock{Client: m.client, Key: key}
-		m.stats.released.Add(1)
 		return
 	}
 	m.release(ctx, msg.TaskName, key, msg.TaskID)
@@ -312,14 +332,16 @@ func (m *Middleware) release(ctx context.Context, taskName, key, taskID string) 
 // runningTTL is the TTL of a running task's lock: its own TTL, but long
 // enough that the heartbeat renews it in time and that it outlives the
 // broker's redelivery of a crashed worker's tasks, so no duplicate gets in
-// while the task is still owed.
+// while the task is still owed: the redelivery timeout, counted from the
+// last renewal (up to one interval before the crash), plus one more
+// interval for the redelivered task to start and check its lock.
 func (m *Middleware) runningTTL(msg *broker.Message) time.Duration {
 	ttl := m.ttl(msg)
 	if m.cfg.heartbeat {
 		ttl = max(ttl, 3*m.heartbeatInterval())
 	}
 	if r, ok := m.firstBroker().(broker.Redeliverer); ok {
-		ttl = max(ttl, r.RedeliveryTimeout()+m.heartbeatInterval())
+		ttl = max(ttl, r.RedeliveryTimeout()+2*m.heartbeatInterval())
 	}
 	return ttl
 }
@@ -366,14 +388,17 @@ func (m *Middleware) PreExecute(ctx context.Context, msg *broker.Message) (conte
 }
 
 // surelyHeld reports whether msg's lock is certainly still held by its task
-// without asking Redis: a first attempt, kicked so recently that the TTL
-// the lock was taken with outlasts both the next heartbeat and the broker's
-// redelivery of a crashed worker's tasks, with 5 s to spare for clocks. No
-// other task can have taken such a lock: a takeover needs the holder gone
-// from its queue, and a delivered task is in flight there. Everything else
-// (retries, old or redelivered tasks) is checked, and re-taken if free.
+// without asking Redis: on the atomic path (where the enqueue script took
+// the lock with its full TTL, or did not send the task), a first attempt,
+// kicked so recently that the TTL the lock was taken with outlasts both the
+// next heartbeat and the broker's redelivery of a crashed worker's tasks,
+// with 5 s to spare for clocks. No other task can have taken such a lock: a
+// takeover needs the holder gone from its queue, and a delivered task is in
+// flight there. Everything else (the grace path, where the extend after the
+// send may have failed and left only the grace TTL; retries, old or
+// redelivered tasks) is checked, and re-taken if free.
 func (m *Middleware) surelyHeld(msg *broker.Message) bool {
-	if !m.cfg.heartbeat || msg.Attempt != 0 || msg.EnqueuedAt == 0 {
+	if !m.cfg.heartbeat || msg.Attempt != 0 || msg.EnqueuedAt == 0 || !m.lockAtomically() {
 		return false
 	}
 	need := m.heartbeatInterval() + 5*time.Second
@@ -381,7 +406,7 @@ func (m *Middleware) surelyHeld(msg *broker.Message) bool {
 		need = max(need, r.RedeliveryTimeout()+5*time.Second)
 	}
 	elapsed := time.Since(time.UnixMilli(msg.EnqueuedAt))
-	return elapsed >= 0 && m.ttl(msg)-elapsed > need
+	return elapsed >= 0 && m.sendTTL(msg)-elapsed > need
 }
 
 // track hands a running task's lock to the heartbeat.
@@ -397,7 +422,9 @@ func (m *Middleware) track(key, taskID string, ttl time.Duration) {
 // PostExecute releases the lock when the task completed or finally failed:
 // where the broker shares the lock's Redis, in the same script that settles
 // the delivery (see broker.Message.Unlock), else at once. A task that will
-// be retried keeps its lock, extended to cover the retry's delay.
+// be retried keeps its lock, extended to cover the retry's delay; so does a
+// task the worker hands back because its shutdown interrupted it (see
+// handedBack), extended to the running TTL: the task still owes its run.
 func (m *Middleware) PostExecute(ctx context.Context, msg *broker.Message, res *middleware.Result) {
 	key, ok := msg.Labels.String(LabelLock)
 	if !ok {
@@ -408,24 +435,40 @@ func (m *Middleware) PostExecute(ctx context.Context, msg *broker.Message, res *
 		delete(m.running, key)
 	}
 	m.mu.Unlock()
-	if res.Err != nil && res.Retry {
-		ttl := res.RetryDelay + m.runningTTL(msg)
-		if err := m.calls.Script(context.WithoutCancel(ctx), extendScript, []string{key}, msg.TaskID, ttl.Milliseconds()).Err(); err != nil {
-			m.stats.errors.Add(1)
-			m.log.Warn("kiq: could not keep a deduplication lock for a retry",
-				slog.String("task_name", msg.TaskName), slog.String("key", key), slog.Any("error", err))
-		}
+	switch {
+	case handedBack(ctx, res):
+		m.keep(ctx, msg, key, m.runningTTL(msg), "kiq: could not keep the deduplication lock of a task handed back at shutdown")
+		return
+	case res.Err != nil && res.Retry:
+		m.keep(ctx, msg, key, res.RetryDelay+m.runningTTL(msg), "kiq: could not keep a deduplication lock for a retry")
 		return
 	}
 	if m.lockAtomically() {
-		// The broker releases it in the script that settles the delivery:
-		// no round trip of its own, and no release if the delivery is
-		// handed back instead (the task then still owes its run).
-		msg.Unlock = &broker.Lock{Client: m.client, Key: key}
-		m.stats.released.Add(1)
+		// The broker releases it in the script that settles the delivery,
+		// with no round trip of its own, and reports the release; nothing
+		// is released if the delivery is handed back instead.
+		msg.Unlock = &broker.Lock{Client: m.client, Key: key, Released: func() { m.stats.released.Add(1) }}
 		return
 	}
 	m.release(ctx, msg.TaskName, key, msg.TaskID)
+}
+
+// handedBack reports whether the worker hands the task back instead of
+// settling it: the task failed and the hooks' context has ended, which is
+// the worker's shutdown timeout cancelling it (package worker: "a task that
+// returns an error by then is handed back, not counted as failed"; its
+// test is res.Err != nil && the hooks' context ended). The task's own
+// timeout never ends the hooks' context.
+func handedBack(ctx context.Context, res *middleware.Result) bool {
+	return res.Err != nil && ctx.Err() != nil
+}
+
+// keep extends a lock its task still owns to ttl, logging a failure as warn.
+func (m *Middleware) keep(ctx context.Context, msg *broker.Message, key string, ttl time.Duration, warn string) {
+	if err := m.calls.Script(context.WithoutCancel(ctx), extendScript, []string{key}, msg.TaskID, ttl.Milliseconds()).Err(); err != nil {
+		m.stats.errors.Add(1)
+		m.log.Warn(warn, slog.String("task_name", msg.TaskName), slog.String("key", key), slog.Any("error", err))
+	}
 }
 
 // Startup pings Redis, retrying with exponential backoff, warns when Redis
@@ -492,19 +535,27 @@ type Stats struct {
 	LocksTaken int64
 	// Duplicates counts tasks rejected as duplicates.
 	Duplicates int64
-	// LocksReleased counts locks released by their owner.
+	// LocksReleased counts locks deleted because their task ended: by the
+	// middleware's compare-and-delete, or by the broker's ack or
+	// dead-letter script (which reports it), each time only when the lock
+	// was still the task's; plus locks deleted by ForceRelease. A lock kept
+	// for a retry or a hand-back, or found gone or taken, is not counted.
 	LocksReleased int64
 	// LocksTakenOver counts locks taken from a holder that no longer existed.
 	LocksTakenOver int64
 	// HeartbeatsLost counts running tasks whose lock was found gone or held
 	// by another task when the heartbeat came to extend it.
 	HeartbeatsLost int64
+	// GraceLocksLost counts tasks sent on the grace path whose lock was
+	// found gone or held by another task when PostSend came to extend it
+	// (the send outlasted the grace TTL): they went out unprotected.
+	GraceLocksLost int64
 	// RedisErrors counts Redis errors the middleware met.
 	RedisErrors int64
 }
 
 type counters struct {
-	taken, duplicates, released, takenOver, heartbeatsLost, errors atomic.Int64
+	taken, duplicates, released, takenOver, heartbeatsLost, graceLost, errors atomic.Int64
 }
 
 // Stats returns the current counters.
@@ -515,6 +566,7 @@ func (m *Middleware) Stats() Stats {
 		LocksReleased:  m.stats.released.Load(),
 		LocksTakenOver: m.stats.takenOver.Load(),
 		HeartbeatsLost: m.stats.heartbeatsLost.Load(),
+		GraceLocksLost: m.stats.graceLost.Load(),
 		RedisErrors:    m.stats.errors.Load(),
 	}
 }

@@ -377,6 +377,22 @@ func TestLocksListAndForceRelease(t *testing.T) {
 	require.Empty(t, locks)
 }
 
+// Locks skips keys under the prefix that are not locks instead of failing
+// with WRONGTYPE.
+func TestLocksSkipsKeysThatAreNotLocks(t *testing.T) {
+	e := newEnv(t)
+	mw := e.middleware(t)
+	ctx := context.Background()
+	require.NoError(t, e.client.HSet(ctx, e.prefix+":a-hash", "f", "v").Err())
+	require.NoError(t, e.client.RPush(ctx, e.prefix+":a-list", "x").Err())
+	require.NoError(t, e.client.Set(ctx, e.prefix+":lock", "task-1", time.Minute).Err())
+	locks, err := mw.Locks(ctx, 10)
+	require.NoError(t, err)
+	require.Len(t, locks, 1)
+	require.Equal(t, e.prefix+":lock", locks[0].Key)
+	require.Equal(t, "task-1", locks[0].HolderTaskID)
+}
+
 // queued counts the tasks waiting on b's default queue.
 func queued(t *testing.T, b *broker.InMemory) int {
 	t.Helper()

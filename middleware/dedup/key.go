@@ -15,7 +15,8 @@ import (
 // json.dumps({"task": name, "args": [], "kwargs": kwargs}, sort_keys=True)
 // writes. It is byte for byte the fingerprint of Python's
 // taskiq-deduplication, so Go and Python producers sharing a Redis reject
-// each other's duplicates.
+// each other's duplicates (with WithSelfHealing(false): self-healing cannot
+// see Python's tasks and would take their locks over).
 //
 // kwargs holds the arguments by their serialized (msgpack) names, as
 // decoded generically: string, bool, nil, integers of any size, floats,

@@ -37,12 +37,19 @@ func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 // listQueue returns a Redis list broker and a deduplication middleware that
 // share one client, so locks are taken in the enqueue script.
 func listQueue(t *testing.T, opts ...dedup.Option) (*broker.ListQueue, *dedup.Middleware, *redis.Client, string) {
+	b, mw, e := listQueueEnv(t, opts...)
+	return b, mw, e.client, e.prefix
+}
+
+// listQueueEnv is listQueue, returning the test's env (its logs).
+func listQueueEnv(t *testing.T, opts ...dedup.Option) (*broker.ListQueue, *dedup.Middleware, *env) {
 	e := newEnv(t)
 	b, err := broker.NewListQueue("", broker.WithClient(e.client), broker.WithKeyPrefix(redistest.Prefix(t)))
 	require.NoError(t, err)
 	mw := e.middleware(t, append([]dedup.Option{dedup.WithClient(e.client)}, opts...)...)
 	b.WithMiddlewares(mw)
-	return b, mw, e.client, e.prefix
+	require.True(t, b.LocksAtomically(mw.Client()))
+	return b, mw, e
 }
 
 func TestAtomicPathIsOneRoundTripAndExactlyOneWins(t *testing.T) {
@@ -97,7 +104,8 @@ func TestDuplicateOnTheAtomicPathCarriesTheHolder(t *testing.T) {
 }
 
 func TestLockOfAVanishedHolderIsTakenOver(t *testing.T) {
-	b, _, client, prefix := listQueue(t)
+	b, mw, e := listQueueEnv(t)
+	client, prefix := e.client, e.prefix
 	tk := welcome(t, b)
 	ctx := context.Background()
 	key := prefix + ":" + welcomeFingerprint
@@ -106,9 +114,15 @@ func TestLockOfAVanishedHolderIsTakenOver(t *testing.T) {
 	h, err := tk.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
 	require.NoError(t, err, "the stale lock does not block the fingerprint until its TTL")
 	require.Equal(t, h.TaskID(), client.Get(ctx, key).Val())
+	// The takeover on the atomic path is reported by the kick script, and
+	// counted and logged like one on the grace path.
+	require.Equal(t, dedup.Stats{LocksTaken: 1, LocksTakenOver: 1}, mw.Stats())
+	require.Contains(t, e.logs.String(), "took over a deduplication lock")
+	require.Contains(t, e.logs.String(), "stale_holder_task_id=ghost-task")
 
 	_, err = tk.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
 	require.ErrorIs(t, err, dedup.ErrDuplicateTask, "a holder that is queued is not taken over")
+	require.Equal(t, int64(1), mw.Stats().LocksTakenOver)
 }
 
 func TestLockIsReleasedWhenTheTaskRan(t *testing.T) {

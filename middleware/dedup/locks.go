@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,29 +22,63 @@ type LockInfo struct {
 }
 
 // Locks lists up to limit locks under the middleware's key prefix, for an
-// operator facing a stuck lock.
+// operator facing a stuck lock. Keys under the prefix that are not strings
+// (not locks) are skipped. On a Redis Cluster every master is scanned.
 func (m *Middleware) Locks(ctx context.Context, limit int) ([]LockInfo, error) {
-	var out []LockInfo
-	iter := m.client.Scan(ctx, 0, escapeGlob(m.cfg.keyPrefix)+":*", 256).Iterator()
-	for iter.Next(ctx) && len(out) < limit {
+	l := &lockLister{limit: limit}
+	var err error
+	if cc, ok := m.client.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			return l.scan(ctx, c, m.cfg.keyPrefix)
+		})
+	} else {
+		err = l.scan(ctx, m.client, m.cfg.keyPrefix)
+	}
+	return l.out, err
+}
+
+// lockLister gathers locks from one or more scans (one per cluster master,
+// run concurrently).
+type lockLister struct {
+	limit int
+	mu    sync.Mutex
+	out   []LockInfo
+}
+
+func (l *lockLister) full() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.out) >= l.limit
+}
+
+func (l *lockLister) scan(ctx context.Context, c redis.Cmdable, prefix string) error {
+	iter := c.Scan(ctx, 0, escapeGlob(prefix)+":*", 256).Iterator()
+	for !l.full() && iter.Next(ctx) {
 		key := iter.Val()
-		holder, err := m.client.Get(ctx, key).Result()
-		if errors.Is(err, redis.Nil) {
-			continue // released meanwhile
+		holder, err := c.Get(ctx, key).Result()
+		if errors.Is(err, redis.Nil) || redis.HasErrorPrefix(err, "WRONGTYPE") {
+			continue // released meanwhile, or not a lock
 		}
 		if err != nil {
-			return out, fmt.Errorf("kiq: dedup: read lock %s: %w", key, err)
+			return fmt.Errorf("kiq: dedup: read lock %s: %w", key, err)
 		}
-		ttl, err := m.client.PTTL(ctx, key).Result()
+		ttl, err := c.PTTL(ctx, key).Result()
 		if err != nil {
-			return out, fmt.Errorf("kiq: dedup: read lock %s: %w", key, err)
+			return fmt.Errorf("kiq: dedup: read lock %s: %w", key, err)
 		}
-		out = append(out, LockInfo{Key: key, HolderTaskID: holder, TTL: ttl})
+		if ttl == -2 {
+			continue // released since the GET
+		}
+		l.mu.Lock()
+		if len(l.out) < l.limit {
+			l.out = append(l.out, LockInfo{Key: key, HolderTaskID: holder, TTL: ttl})
+		}
+		l.mu.Unlock()
 	}
 	if err := iter.Err(); err != nil {
-		return out, fmt.Errorf("kiq: dedup: list locks: %w", err)
+		return fmt.Errorf("kiq: dedup: list locks: %w", err)
 	}
-	return out, nil
+	return nil
 }
 
 // ForceRelease deletes the lock at key whoever holds it, and reports

@@ -13,7 +13,9 @@ type Scope int
 const (
 	// ScopeGlobal: one fingerprint is one lock, whatever queue the task goes
 	// to. Keys are prefix:fingerprint, as in Python's taskiq-deduplication,
-	// so Go and Python producers deduplicate against each other.
+	// so Go and Python producers deduplicate against each other once
+	// self-healing is off (see WithSelfHealing). With self-healing on, a
+	// holder on another queue is not seen and its lock is taken over.
 	ScopeGlobal Scope = iota
 	// ScopeQueue: the same task sent to two queues holds two locks. Keys are
 	// prefix:queue:fingerprint (not shared with Python producers).
@@ -77,7 +79,9 @@ func WithStartupRetries(n int, baseDelay time.Duration) Option {
 // locks of running tasks are extended every interval, so a task may run
 // longer than its TTL; the TTL then only bounds how long a crashed worker's
 // lock outlives it. interval 0 means a third of the default TTL, at least
-// 1 s.
+// 1 s. While off, a running task's lock is set once when the task starts
+// and never renewed: a task running longer than that loses its lock, and a
+// duplicate can be queued meanwhile.
 func WithHeartbeat(on bool, interval time.Duration) Option {
 	return func(c *config) { c.heartbeat, c.heartbeatInterval = on, interval }
 }
