@@ -530,7 +530,7 @@ func (b *ListQueue) Consume(ctx context.Context, opts ConsumeOptions) (Consumer,
 			return nil, errors.New("kiq: consume: empty queue name")
 		}
 	}
-	c := &lqConsumer{b: b, id: NewTaskID()[:16], queues: append([]string(nil), queues...)}
+	c := &lqConsumer{b: b, id: NewTaskID()[16:] /* the random half */, queues: append([]string(nil), queues...)}
 	if err := c.heartbeat(ctx); err != nil {
 		return nil, err
 	}

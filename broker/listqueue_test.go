@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -214,10 +216,20 @@ type roundTrips struct{ n atomic.Int64 }
 
 func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error { r.n.Add(1); return next(ctx, cmd) }
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() != "hello" && cmd.Name() != "client" { // not a new connection's set-up
+			r.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
 }
 func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { r.n.Add(1); return next(ctx, cmds) }
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if len(cmds) > 0 && cmds[0].Name() != "hello" && cmds[0].Name() != "client" { // not a new connection's set-up
+			r.n.Add(1)
+		}
+		return next(ctx, cmds)
+	}
 }
 
 func TestConcurrentKicksShareScriptCalls(t *testing.T) {
@@ -418,10 +430,11 @@ func TestLockWithinItsGraceIsNotTakenOver(t *testing.T) {
 	key := b.KeyPrefix() + ":lock"
 	// Another producer's lock on the grace path: taken with the grace TTL,
 	// its task not enqueued yet.
-	require.NoError(t, client.Set(ctx, key, "sending", 5*time.Second).Err())
+	sending := broker.NewTaskID()
+	require.NoError(t, client.Set(ctx, key, sending, 5*time.Second).Err())
 	var held *heldError
 	require.ErrorAs(t, b.Kick(ctx, lockMsg(client, key)), &held)
-	require.Equal(t, "sending", held.holder)
+	require.Equal(t, sending, held.holder)
 	// Extended past the grace (its send completed, the task then vanished):
 	// taken over.
 	require.NoError(t, client.PExpire(ctx, key, time.Minute).Err())
@@ -429,8 +442,51 @@ func TestLockWithinItsGraceIsNotTakenOver(t *testing.T) {
 	require.NoError(t, b.Kick(ctx, m))
 	require.Equal(t, m.TaskID, client.Get(ctx, key).Val())
 	// A lock without a TTL is never taken over.
-	require.NoError(t, client.Set(ctx, key+"-forever", "gone", 0).Err())
+	require.NoError(t, client.Set(ctx, key+"-forever", broker.NewTaskID(), 0).Err())
 	require.ErrorAs(t, b.Kick(ctx, lockMsg(client, key+"-forever")), &held)
+}
+
+func TestOnlyLocksOfGeneratedIDsAreTakenOver(t *testing.T) {
+	b := newListQueue(t)
+	ctx := context.Background()
+	client := b.Client()
+	for _, holder := range []string{
+		"5f0c3a8e9b7d4e21a6c4d2b1e8f09a37",                      // Python Taskiq's uuid4().hex
+		"order-42",                                              // a caller's WithTaskID
+		strings.ToUpper(broker.NewTaskID()),                     // not the generated form
+		broker.NewTaskID()[:31] + "g",                           // not hex
+		broker.NewTaskID()[:16] + "c" + broker.NewTaskID()[17:], // wrong variant
+	} {
+		require.False(t, broker.IsGeneratedTaskID(holder), holder)
+		key := b.KeyPrefix() + ":lock:" + holder
+		require.NoError(t, client.Set(ctx, key, holder, time.Minute).Err())
+		var held *heldError
+		require.ErrorAs(t, b.Kick(ctx, lockMsg(client, key)), &held, "%s is not Kiq's to look for: respected", holder)
+		require.Equal(t, holder, held.holder)
+	}
+	for range 100 {
+		id := broker.NewTaskID()
+		require.True(t, broker.IsGeneratedTaskID(id), id)
+		key := b.KeyPrefix() + ":lock:" + id
+		require.NoError(t, client.Set(ctx, key, id, time.Minute).Err())
+		require.NoError(t, b.Kick(ctx, lockMsg(client, key)), "a vanished Kiq task's lock is taken over")
+	}
+}
+
+func TestTaskIDsAreTimeOrderedUUIDv7(t *testing.T) {
+	before := time.Now().UnixMilli()
+	id := broker.NewTaskID()
+	after := time.Now().UnixMilli()
+	ms, err := strconv.ParseInt(id[:12], 16, 64)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, ms, before)
+	require.LessOrEqual(t, ms, after)
+	seen := map[string]bool{}
+	for range 10000 {
+		id := broker.NewTaskID()
+		require.False(t, seen[id])
+		seen[id] = true
+	}
 }
 
 // The ack and dead-letter scripts report each lock they deleted through

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,14 +61,37 @@ func (m *Message) Delay() time.Duration {
 	return max(d, 0)
 }
 
-// NewTaskID returns a random task id: 32 lowercase hex digits, as Taskiq's
-// uuid4().hex.
+// NewTaskID returns a new task id: a UUIDv7 (RFC 9562) as 32 lowercase hex
+// digits, the form of Taskiq's uuid4().hex. Its first 48 bits are the Unix
+// time in milliseconds, so ids sort by creation time; the rest is random.
+// The version digit tells Kiq's ids from Taskiq's (see [IsGeneratedTaskID]).
 func NewTaskID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40 // version 4
+	ms := uint64(time.Now().UnixMilli())
+	for i := range 6 {
+		b[i] = byte(ms >> (40 - 8*i))
+	}
+	b[6] = b[6]&0x0f | 0x70 // version 7
 	b[8] = b[8]&0x3f | 0x80 // variant 10
 	return hex.EncodeToString(b[:])
+}
+
+// IsGeneratedTaskID reports whether id has the form NewTaskID gives: 32
+// lowercase hex digits of a version 7 UUID. Only locks held under such ids
+// are taken over when their holder has vanished (see [Lock.TakeOver]): an
+// id of another form was given by the caller or by another producer (Python
+// Taskiq's are version 4), whose tasks Kiq cannot look for.
+func IsGeneratedTaskID(id string) bool {
+	if len(id) != 32 || id[12] != '7' || !strings.ContainsRune("89ab", rune(id[16])) {
+		return false
+	}
+	for _, c := range []byte(id) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // Lock asks a broker to enqueue a message only if it can take a Redis lock:
@@ -83,9 +107,10 @@ type Lock struct {
 	// Held builds the error returned when another task holds the lock.
 	// holder is the id of that task.
 	Held func(holder string) error
-	// TakeOver lets the broker take a held lock over when its holder exists
-	// nowhere on the message's queue (not pending, scheduled, in flight or
-	// awaiting a retry) and the lock has more than Grace left to live: a
+	// TakeOver lets the broker take a held lock over when its holder is a
+	// task id Kiq generated ([IsGeneratedTaskID]) that exists nowhere on the
+	// message's queue (not pending, scheduled, in flight or awaiting a
+	// retry), and the lock has more than Grace left to live: a
 	// lock nearer its end may belong to a send still under way on a path
 	// that locks before it enqueues, and it ends soon anyway.
 	TakeOver bool

@@ -14,11 +14,17 @@
 --            holder} not sent, the lock is held by the task holder; {-1, ''}
 --            not sent, a task with this id exists already.
 --
--- A held lock is taken over only when its holder exists nowhere on the
--- queue (not pending, scheduled or in flight: the msg hash holds every task
+-- A held lock is taken over only when its holder is a task id Kiq generated
+-- (a UUIDv7 in hex: others were given by the caller, or by another producer
+-- such as Python's Taskiq, whose tasks Kiq cannot look for), exists nowhere
+-- on the queue (not pending, scheduled or in flight: the msg hash holds every task
 -- that exists) and the lock has more than the grace left to live: a lock
 -- nearer its end may be a send still under way through the grace path, and
 -- ends soon anyway. A lock with no TTL is never taken over.
+local function generated(id) -- broker.IsGeneratedTaskID
+  return #id == 32 and id:sub(13, 13) == '7' and id:find('^[0-9a-f]+$') ~= nil
+    and ('89ab'):find(id:sub(17, 17), 1, true) ~= nil
+end
 local out = {}
 local now
 local wake = false
@@ -30,7 +36,8 @@ for i = 1, #ARGV, 6 do
   elseif lock > 0 and not redis.call('SET', KEYS[lock], id, 'NX', 'PX', ARGV[i + 4]) then
     holder = redis.call('GET', KEYS[lock])
     local grace = tonumber(ARGV[i + 5])
-    if grace < 0 or redis.call('HEXISTS', KEYS[1], holder) == 1 or redis.call('PTTL', KEYS[lock]) <= grace then
+    if grace < 0 or not generated(holder) or redis.call('HEXISTS', KEYS[1], holder) == 1
+      or redis.call('PTTL', KEYS[lock]) <= grace then
       code = 0
     else
       redis.call('SET', KEYS[lock], id, 'PX', ARGV[i + 4])

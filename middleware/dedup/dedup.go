@@ -261,8 +261,8 @@ func (m *Middleware) tookOver(msg *broker.Message, key, holder string) {
 // exists nowhere in msg's queue.
 func (m *Middleware) holderGone(ctx context.Context, msg *broker.Message, holder string) bool {
 	b, ok := m.firstBroker().(broker.TaskLocator)
-	if !ok || holder == "" {
-		return false
+	if !ok || !broker.IsGeneratedTaskID(holder) {
+		return false // a caller's or another producer's id: not Kiq's to look for
 	}
 	exists, err := b.TaskExists(ctx, msg.Queue(m.defaultQueue()), holder)
 	return err == nil && !exists

@@ -174,14 +174,15 @@ func TestGracePathTakeoverCannotMissASendUnderWay(t *testing.T) {
 	tk := welcome(t, s.b)
 	ctx := context.Background()
 	key := s.key(welcomeFingerprint)
+	taskA := broker.NewTaskID()
 	// A's lock, as acquire.lua took it: the grace TTL (10 s).
-	require.NoError(t, s.locks.Set(ctx, key, "task-a", 10*time.Second).Err())
+	require.NoError(t, s.locks.Set(ctx, key, taskA, 10*time.Second).Err())
 	a, err := broker.NewListQueue("", broker.WithClient(redistest.Shared(t).Client(t)), broker.WithKeyPrefix(s.b.KeyPrefix()))
 	require.NoError(t, err)
 	hook := &roundTripHook{
 		match: func(c redis.Cmder) bool { return c.Name() == "hexists" },
 		after: func() { // A's send lands, then A's PostSend extends its lock
-			require.NoError(t, a.Kick(ctx, &broker.Message{TaskID: "task-a", TaskName: "send_welcome_email"}))
+			require.NoError(t, a.Kick(ctx, &broker.Message{TaskID: taskA, TaskName: "send_welcome_email"}))
 			require.NoError(t, s.locks.PExpire(ctx, key, 300*time.Second).Err())
 		},
 	}
@@ -190,8 +191,8 @@ func TestGracePathTakeoverCannotMissASendUnderWay(t *testing.T) {
 	hook.once.Do(hook.after) // A's send lands now if B never looked for it
 	var dup *dedup.DuplicateTaskError
 	require.ErrorAs(t, err, &dup, "A's lock was within its grace when B found it: never taken over")
-	require.Equal(t, "task-a", dup.HolderTaskID)
-	require.Equal(t, "task-a", s.locks.Get(ctx, key).Val())
+	require.Equal(t, taskA, dup.HolderTaskID)
+	require.Equal(t, taskA, s.locks.Get(ctx, key).Val())
 	require.Equal(t, int64(1), s.pending(t), "only A's task")
 	require.Zero(t, s.mw.Stats().LocksTakenOver)
 
@@ -206,7 +207,7 @@ func TestGracePathTakeoverCannotMissASendUnderWay(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, h.TaskID(), s.locks.Get(ctx, key).Val())
 	require.Equal(t, int64(1), s.mw.Stats().LocksTakenOver)
-	require.Contains(t, s.logs.String(), "stale_holder_task_id=task-a")
+	require.Contains(t, s.logs.String(), "stale_holder_task_id="+taskA)
 }
 
 // observer is a middleware registered after dedup: its PreSend runs between

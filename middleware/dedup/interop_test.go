@@ -79,16 +79,18 @@ func TestLocksSharedWithPythonProducers(t *testing.T) {
 			require.Equal(t, pyTask, locks.Get(ctx, key).Val())
 			require.Zero(t, mw.Stats().LocksTakenOver)
 		})
-		t.Run(path+": with self-healing on, a Python lock is taken over", func(t *testing.T) {
+		t.Run(path+": a Python lock is respected by default", func(t *testing.T) {
 			b, mw, locks := setup(t, path)
 			require.True(t, pythonLock(t, locks, key, pyTask))
-			h, err := welcome(t, b).Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
-			require.NoError(t, err, "the Python task is on no Kiq queue: taken for vanished")
-			require.Equal(t, h.TaskID(), locks.Get(ctx, key).Val())
-			require.Equal(t, int64(1), mw.Stats().LocksTakenOver)
+			_, err := welcome(t, b).Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
+			var dup *dedup.DuplicateTaskError
+			require.ErrorAs(t, err, &dup, "a UUIDv4 holder is not Kiq's: never taken for vanished")
+			require.Equal(t, pyTask, dup.HolderTaskID)
+			require.Equal(t, pyTask, locks.Get(ctx, key).Val())
+			require.Zero(t, mw.Stats().LocksTakenOver)
 		})
 		t.Run(path+": a Kiq lock blocks a Python producer", func(t *testing.T) {
-			b, _, locks := setup(t, path, dedup.WithSelfHealing(false))
+			b, _, locks := setup(t, path)
 			h, err := welcome(t, b).Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
 			require.NoError(t, err)
 			require.False(t, pythonLock(t, locks, key, pyTask), "Python's SET NX fails")

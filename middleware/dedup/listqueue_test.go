@@ -109,16 +109,23 @@ func TestLockOfAVanishedHolderIsTakenOver(t *testing.T) {
 	tk := welcome(t, b)
 	ctx := context.Background()
 	key := prefix + ":" + welcomeFingerprint
-	// A lock left by a task that exists nowhere (its queue was purged, say).
-	require.NoError(t, client.Set(ctx, key, "ghost-task", time.Hour).Err())
+	// A lock left under a caller's id (WithTaskID) is respected: Kiq cannot
+	// tell where such a task is.
+	require.NoError(t, client.Set(ctx, key, "order-42", time.Hour).Err())
+	_, err := tk.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
+	require.ErrorIs(t, err, dedup.ErrDuplicateTask)
+	// A lock left by a Kiq task that exists nowhere (its queue was purged,
+	// say).
+	ghost := broker.NewTaskID()
+	require.NoError(t, client.Set(ctx, key, ghost, time.Hour).Err())
 	h, err := tk.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
 	require.NoError(t, err, "the stale lock does not block the fingerprint until its TTL")
 	require.Equal(t, h.TaskID(), client.Get(ctx, key).Val())
 	// The takeover on the atomic path is reported by the kick script, and
 	// counted and logged like one on the grace path.
-	require.Equal(t, dedup.Stats{LocksTaken: 1, LocksTakenOver: 1}, mw.Stats())
+	require.Equal(t, dedup.Stats{LocksTaken: 1, LocksTakenOver: 1, Duplicates: 1}, mw.Stats())
 	require.Contains(t, e.logs.String(), "took over a deduplication lock")
-	require.Contains(t, e.logs.String(), "stale_holder_task_id=ghost-task")
+	require.Contains(t, e.logs.String(), "stale_holder_task_id="+ghost)
 
 	_, err = tk.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
 	require.ErrorIs(t, err, dedup.ErrDuplicateTask, "a holder that is queued is not taken over")

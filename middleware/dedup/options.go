@@ -104,14 +104,17 @@ func WithScope(s Scope) Option { return func(c *config) { c.scope = s } }
 // WithSelfHealing sets whether a lock whose holder task exists nowhere on
 // the queue the new task goes to (not pending, scheduled, in flight or
 // awaiting a retry) is taken over by the next Kiq instead of blocking it
-// until its TTL ends. Default true. A lock with no more than the grace TTL
-// left is never taken over (it may be a send under way on the grace path,
-// and it ends soon anyway).
+// until its TTL ends. Default true. Only holders with ids Kiq generated
+// (broker.IsGeneratedTaskID) are taken over: a lock held under an id given
+// WithTaskID, or by a Python Taskiq producer (its ids are UUIDv4), is
+// respected until its TTL ends, since Kiq cannot look for those tasks. A
+// lock with no more than the grace TTL left is never taken over (it may be
+// a send under way on the grace path, and it ends soon anyway), nor one
+// without a TTL.
 //
-// Turn it off where tasks the broker cannot see hold locks under the same
-// prefix: Python producers sharing the lock Redis (their tasks are on
-// Taskiq's queues, so Kiq would take their locks as abandoned), or one task
-// kicked to several queues under ScopeGlobal.
+// Turn it off where tasks the broker cannot see hold locks under ids Kiq
+// generated: one task kicked to several queues under ScopeGlobal, or Kiq
+// producers on another broker prefix sharing the lock Redis.
 func WithSelfHealing(on bool) Option { return func(c *config) { c.selfHeal = on } }
 
 // WithClient makes the middleware use an existing go-redis client instead of
