@@ -83,6 +83,7 @@ func TestADuplicateWaitsForTheHoldersResult(t *testing.T) {
 	mw, err := dedup.New("", dedup.WithClient(redistest.Shared(t).Client(t)), dedup.WithKeyPrefix(redistest.Prefix(t)), dedup.WithLogger(quiet))
 	require.NoError(t, err)
 	b.WithMiddlewares(mw)
+	defer b.Shutdown(context.Background()) // stops the middleware's heartbeat
 	release := make(chan struct{})
 	report := task.DefineResult(b, "report", func(ctx context.Context, a SumArgs) (int, error) {
 		<-release
