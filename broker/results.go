@@ -22,7 +22,9 @@ type TaskResult struct {
 	// Error is the task's error text; empty on success.
 	Error string `msgpack:"error,omitempty"`
 	// ErrorKind classifies Error: "error", "panic", "timeout" or
-	// "bad_arguments".
+	// "bad_arguments" for a task that ran; "malformed" (the message did not
+	// decode, or was too large) or "unknown_task" for one dead-lettered
+	// before it could run.
 	ErrorKind string `msgpack:"error_kind,omitempty"`
 	// Attempt is the attempt counter of the execution that produced it.
 	Attempt    int           `msgpack:"attempt"`
