@@ -36,7 +36,10 @@
 //     - any other failure, arguments of the wrong type (broker.ErrMalformed)
 //     included: moved to the queue's dead-letter list with the task's error
 //     text as the reason. The dead-letter list holds every task that
-//     finally failed, so nothing is dropped silently.
+//     finally failed, up to the broker's cap: the list broker keeps the
+//     newest 10 000 by default (broker.WithDeadLetterLimit) and logs a
+//     warning with the count each time the cap drops the oldest, so nothing
+//     is dropped silently.
 //
 // A failing settle call (Redis down) is retried with backoff; it is never
 // dropped while the worker runs. Failing broker calls are logged once when
