@@ -2,11 +2,23 @@ package broker_test
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 
 	"github.com/kiq-go/kiq/broker"
+	"github.com/kiq-go/kiq/middleware"
 	"github.com/stretchr/testify/require"
 )
+
+// A negative attempt counter is malformed: it would reach the retry
+// middleware's backoff as a negative shift.
+func TestNegativeAttemptIsMalformed(t *testing.T) {
+	raw, err := broker.Msgpack.EncodeMessage(&broker.Message{TaskID: "id", TaskName: "t", Attempt: -1})
+	require.NoError(t, err)
+	_, err = broker.Msgpack.DecodeMessage(raw)
+	require.ErrorIs(t, err, broker.ErrMalformed)
+	require.ErrorContains(t, err, "negative attempt -1")
+}
 
 // Hostile bytes: a few bytes declaring gigabytes must be refused before the
 // decoder allocates.
@@ -49,6 +61,10 @@ func FuzzDecodeMessage(f *testing.F) {
 		require.Equal(t, m.TaskID, m2.TaskID)
 		require.Equal(t, m.TaskName, m2.TaskName)
 		require.Equal(t, m.Attempt, m2.Attempt)
+		require.GreaterOrEqual(t, m.Attempt, 0)
+		// What decodes can go through the retry decision without a panic.
+		retry := middleware.NewRetry(middleware.RetryOptions{Always: true})
+		_, _ = retry.RetryDelay(m, errors.New("failed"))
 		var args any
 		_ = broker.Msgpack.DecodeArgs(m.Args, &args)
 	})

@@ -477,7 +477,8 @@ func (c *lqConsumer) Retry(ctx context.Context, d *Delivery, msg *Message, delay
 // DeadLetter settles d by recording it, with reason, in its queue's
 // dead-letter list (newest first, capped by WithDeadLetterLimit). The dead
 // letter keeps the task id even when the message did not decode. A lock the
-// script released is reported through its Lock.Released.
+// script released is reported through its Lock.Released. When the cap makes
+// the list drop its oldest entries, a warning says how many.
 func (c *lqConsumer) DeadLetter(ctx context.Context, d *Delivery, reason string) error {
 	dl := DeadLetter{TaskID: d.ID, Queue: d.Queue, Reason: reason, At: time.Now(), Raw: d.Raw}
 	if d.Message != nil {
@@ -492,12 +493,16 @@ func (c *lqConsumer) DeadLetter(ctx context.Context, d *Delivery, reason string)
 	if l := d.unlock(); l != nil && c.b.LocksAtomically(l.Client) {
 		keys = append(keys, l.Key)
 	}
-	n, err := deadScript.Run(ctx, c.b.client, keys, d.ID, entry, c.b.deadLimit).Int()
+	res, err := deadScript.Run(ctx, c.b.client, keys, d.ID, entry, c.b.deadLimit).Int64Slice()
 	if err != nil {
 		return fmt.Errorf("kiq: dead letter: %w", err)
 	}
-	if l := d.unlock(); n == 2 && l != nil && l.Released != nil {
+	if l := d.unlock(); len(res) == 2 && res[0] == 2 && l != nil && l.Released != nil {
 		l.Released()
+	}
+	if len(res) == 2 && res[1] > 0 {
+		c.b.log.Warn("kiq: the dead-letter list is full; its oldest entries were dropped",
+			slog.String("queue", q), slog.Int64("dropped", res[1]), slog.Int("limit", c.b.deadLimit))
 	}
 	return nil
 }

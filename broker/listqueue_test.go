@@ -16,6 +16,7 @@ import (
 	"github.com/kiq-go/kiq/broker"
 	"github.com/kiq-go/kiq/broker/brokertest"
 	"github.com/kiq-go/kiq/internal/redistest"
+	"github.com/kiq-go/kiq/internal/testlog"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
@@ -814,4 +815,38 @@ func BenchmarkKickMany(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(len(msgs)*b.N)/b.Elapsed().Seconds(), "tasks/s")
+}
+
+// The dead-letter list keeps WithDeadLetterLimit entries, newest first;
+// when the cap drops the oldest, a warning says how many, once per trim.
+func TestDeadLetterCapDropsAreLogged(t *testing.T) {
+	prefix := redistest.Prefix(t)
+	ctx := context.Background()
+	deadLetterAll := func(b *broker.ListQueue, n int) {
+		for range n {
+			pushRaw(t, b, broker.DefaultQueue, []byte{0xc1})
+		}
+		c, err := b.Consume(ctx, broker.ConsumeOptions{})
+		require.NoError(t, err)
+		defer c.Close(ctx)
+		for _, d := range fetchAll(t, c, n) {
+			require.NoError(t, c.DeadLetter(ctx, d, "bad"))
+		}
+	}
+	logs := &testlog.Buffer{}
+	wide := newListQueue(t, broker.WithKeyPrefix(prefix), broker.WithDeadLetterLimit(10),
+		broker.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
+	deadLetterAll(wide, 5)
+	require.NotContains(t, logs.String(), "dead-letter list is full", "nothing dropped under the cap")
+
+	narrow := newListQueue(t, broker.WithKeyPrefix(prefix), broker.WithDeadLetterLimit(2),
+		broker.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
+	deadLetterAll(narrow, 2)
+	dls, err := narrow.DeadLetters(ctx, broker.DefaultQueue, 0, 100)
+	require.NoError(t, err)
+	require.Len(t, dls, 2, "capped")
+	lines := regexp.MustCompile(`dead-letter list is full.* dropped=(\d+) limit=2`).FindAllStringSubmatch(logs.String(), -1)
+	require.Len(t, lines, 2, "one warning per trim:\n%s", logs.String())
+	require.Equal(t, "4", lines[0][1], "five kept, one more, two allowed")
+	require.Equal(t, "1", lines[1][1])
 }

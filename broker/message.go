@@ -255,6 +255,9 @@ func (msgpackFormatter) DecodeMessage(b []byte) (*Message, error) {
 	if m.TaskID == "" || m.TaskName == "" {
 		return nil, fmt.Errorf("%w: missing task_id or task_name", ErrMalformed)
 	}
+	if m.Attempt < 0 {
+		return nil, fmt.Errorf("%w: negative attempt %d", ErrMalformed, m.Attempt)
+	}
 	return &m, nil
 }
 

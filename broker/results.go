@@ -24,7 +24,9 @@ type TaskResult struct {
 	// Error is the task's error text; empty on success.
 	Error string `msgpack:"error,omitempty"`
 	// ErrorKind classifies Error: "error", "panic", "timeout" or
-	// "bad_arguments".
+	// "bad_arguments" for a task that ran; "malformed" (the message did not
+	// decode, or was too large) or "unknown_task" for one dead-lettered
+	// before it could run.
 	ErrorKind string `msgpack:"error_kind,omitempty"`
 	// Attempt is the attempt counter of the execution that produced it.
 	Attempt int `msgpack:"attempt"`
@@ -79,6 +81,9 @@ type RedisResults struct {
 	waiters map[string]map[chan struct{}]struct{}
 	sub     *redis.PubSub
 	subDone chan struct{}
+	// subscribing is set while one Wait opens the subscription, without
+	// the lock held; it is closed when that attempt ends.
+	subscribing chan struct{}
 }
 
 // NewRedisResults returns a result backend on client with the given key
@@ -105,7 +110,9 @@ func (r *RedisResults) Store(ctx context.Context, res *TaskResult, ttl time.Dura
 	if err != nil {
 		return fmt.Errorf("kiq: store result: %w", err)
 	}
-	if err := storeResultScript.Run(ctx, r.client, []string{r.key(res.TaskID)}, raw, ttl.Milliseconds(), r.channel(), res.TaskID).Err(); err != nil {
+	// PX takes whole milliseconds, and refuses 0.
+	ms := max(ttl.Milliseconds(), 1)
+	if err := storeResultScript.Run(ctx, r.client, []string{r.key(res.TaskID)}, raw, ms, r.channel(), res.TaskID).Err(); err != nil {
 		return fmt.Errorf("kiq: store result: %w", err)
 	}
 	return nil
@@ -156,24 +163,60 @@ func (r *RedisResults) Wait(ctx context.Context, taskID string) (*TaskResult, er
 	}
 }
 
+// register adds a waiter for taskID, opening the backend's subscription
+// first if it is not open. The subscription is opened without the lock held,
+// so that the dispatch, other waiters and Close are not stalled by its
+// network round trips; concurrent first waiters wait for one attempt (each
+// within its own ctx) instead of opening several. A result published
+// before the waiter is added is not lost: Wait reads the result after
+// register returns.
 func (r *RedisResults) register(ctx context.Context, taskID string) (chan struct{}, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.sub == nil {
+	for {
+		r.mu.Lock()
+		if r.sub != nil {
+			wake := r.addWaiterLocked(taskID)
+			r.mu.Unlock()
+			return wake, nil
+		}
+		if pending := r.subscribing; pending != nil {
+			r.mu.Unlock()
+			select {
+			case <-pending:
+				continue // opened (or failed): look again
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		attempt := make(chan struct{})
+		r.subscribing = attempt
+		r.mu.Unlock()
+
 		sub := r.client.Subscribe(ctx, r.channel())
-		if _, err := sub.Receive(ctx); err != nil {
+		_, err := sub.Receive(ctx)
+
+		r.mu.Lock()
+		r.subscribing = nil
+		close(attempt)
+		if err != nil {
+			r.mu.Unlock()
 			_ = sub.Close()
 			return nil, fmt.Errorf("kiq: subscribe to results: %w", err)
 		}
 		r.sub, r.subDone = sub, make(chan struct{})
 		go r.dispatch(sub.Channel(), r.subDone)
+		wake := r.addWaiterLocked(taskID)
+		r.mu.Unlock()
+		return wake, nil
 	}
+}
+
+func (r *RedisResults) addWaiterLocked(taskID string) chan struct{} {
 	wake := make(chan struct{}, 1)
 	if r.waiters[taskID] == nil {
 		r.waiters[taskID] = make(map[chan struct{}]struct{})
 	}
 	r.waiters[taskID][wake] = struct{}{}
-	return wake, nil
+	return wake
 }
 
 func (r *RedisResults) unregister(taskID string, wake chan struct{}) {
@@ -200,9 +243,15 @@ func (r *RedisResults) dispatch(ch <-chan *redis.Message, done chan struct{}) {
 	}
 }
 
-// Close stops the subscription.
+// Close stops the subscription, after waiting for one being opened.
 func (r *RedisResults) Close() error {
 	r.mu.Lock()
+	for r.subscribing != nil {
+		pending := r.subscribing
+		r.mu.Unlock()
+		<-pending // bounded by the opening Wait's context
+		r.mu.Lock()
+	}
 	sub, done := r.sub, r.subDone
 	r.sub = nil
 	r.mu.Unlock()

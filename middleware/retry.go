@@ -90,9 +90,10 @@ func (r *Retry) Backoff(msg *broker.Message) time.Duration {
 	if d, ok := msg.Labels.Duration(broker.LabelRetryBackoffCap); ok && d > 0 {
 		capD = d
 	}
+	attempt := max(msg.Attempt, 0) // a negative attempt never decodes; never shift by one
 	bound := capD
-	if msg.Attempt < 62 && base <= capD>>min(msg.Attempt, 62) {
-		bound = base << msg.Attempt
+	if attempt < 62 && base <= capD>>attempt {
+		bound = base << attempt
 	}
 	return time.Duration(r.opts.Rand() * float64(min(bound, capD)))
 }

@@ -80,3 +80,12 @@ func TestWhichFailuresAreRetried(t *testing.T) {
 	_, retry = r.RetryDelay(retryMsg(3, nil), task.RetryAfter(time.Second))
 	require.False(t, retry, "but not max_retries")
 }
+
+// A negative attempt (refused by the decoder, but a Message can be built by
+// hand) backs off as the first attempt does, without a negative shift.
+func TestBackoffClampsANegativeAttempt(t *testing.T) {
+	r := middleware.NewRetry(middleware.RetryOptions{Base: time.Second, Cap: 10 * time.Second, Rand: func() float64 { return 0.999999 }})
+	var d time.Duration
+	require.NotPanics(t, func() { d = r.Backoff(retryMsg(-1, nil)) })
+	require.InDelta(t, float64(time.Second), float64(d), float64(time.Millisecond), "the first attempt's bound")
+}

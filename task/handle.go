@@ -17,7 +17,9 @@ var ErrNoResultBackend = errors.New("kiq: the broker has no result backend")
 type TaskError struct {
 	// TaskID is the failed task's id.
 	TaskID string
-	// Kind is "error", "panic", "timeout" or "bad_arguments".
+	// Kind is "error", "panic", "timeout" or "bad_arguments" for a task
+	// that ran; "malformed" or "unknown_task" for one dead-lettered before
+	// it could run (see broker.TaskResult.ErrorKind).
 	Kind string
 	// Message is the task's error text.
 	Message string

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -108,6 +109,33 @@ func TestUndecodableMessageOnRedisIsDeadLettered(t *testing.T) {
 	require.Equal(t, "garbage", dls[0].TaskID)
 	require.Equal(t, "\xc1\xff", string(dls[0].Raw))
 	require.Contains(t, dls[0].Reason, "kiq: malformed message")
+}
+
+// A message whose attempt counter is negative is malformed: dead-lettered
+// with its reason before any middleware sees it.
+func TestNegativeAttemptOnRedisIsDeadLettered(t *testing.T) {
+	b := newListQueue(t, redistest.Shared(t).URL(), broker.WithKeyPrefix(redistest.Prefix(t)))
+	b.WithMiddlewares(middleware.NewRetry(middleware.RetryOptions{Always: true}))
+	ran := make(chan struct{}, 1)
+	tk := task.Define(b, "t", func(ctx context.Context, a Args) error { ran <- struct{}{}; return errors.New("fails") })
+	ctx := context.Background()
+	msg, err := tk.Kicker().Message(Args{})
+	require.NoError(t, err)
+	msg.Attempt = -1
+	raw, err := b.Formatter().EncodeMessage(msg)
+	require.NoError(t, err)
+	pending, msgs := b.KeyPrefix()+":{taskiq}:pending", b.KeyPrefix()+":{taskiq}:msg"
+	require.NoError(t, b.Client().HSet(ctx, msgs, msg.TaskID, raw).Err())
+	require.NoError(t, b.Client().LPush(ctx, pending, msg.TaskID).Err())
+	w := newQuietWorker(b)
+	start(t, w)
+	require.Eventually(t, func() bool { return w.Stats().DeadLettered == 1 }, 5*time.Second, 5*time.Millisecond)
+	dls, err := b.DeadLetters(ctx, broker.DefaultQueue, 0, 10)
+	require.NoError(t, err)
+	require.Len(t, dls, 1)
+	require.Equal(t, msg.TaskID, dls[0].TaskID)
+	require.Contains(t, dls[0].Reason, "negative attempt")
+	require.Empty(t, ran, "the task did not run")
 }
 
 // The retry middleware on Redis: max_retries retries with backoff, then the

@@ -83,6 +83,7 @@ func TestADuplicateWaitsForTheHoldersResult(t *testing.T) {
 	mw, err := dedup.New("", dedup.WithClient(redistest.Shared(t).Client(t)), dedup.WithKeyPrefix(redistest.Prefix(t)), dedup.WithLogger(quiet))
 	require.NoError(t, err)
 	b.WithMiddlewares(mw)
+	defer b.Shutdown(context.Background()) // stops the middleware's heartbeat
 	release := make(chan struct{})
 	report := task.DefineResult(b, "report", func(ctx context.Context, a SumArgs) (int, error) {
 		<-release
@@ -109,4 +110,45 @@ func TestWaitWithoutABackend(t *testing.T) {
 	rt := task.DefineResult(b, "r", func(ctx context.Context, a SumArgs) (int, error) { return 0, nil })
 	_, err := rt.Handle("x").Wait(context.Background())
 	require.ErrorIs(t, err, task.ErrNoResultBackend)
+}
+
+// Tasks dead-lettered before the middleware chain runs (a message that does
+// not decode but whose id is known, one over the size limit, an unknown
+// task name) store a failed result, so that Wait returns their error at
+// once instead of blocking until its context ends.
+func TestWaitEndsForTasksDeadLetteredBeforeRunning(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := redistest.Prefix(t)
+	b, err := broker.NewListQueue(srv.URL(), broker.WithKeyPrefix(prefix), broker.WithMaxMessageSize(1<<10),
+		broker.WithLogger(quiet))
+	require.NoError(t, err)
+	b.WithResultBackend(broker.NewRedisResults(b.Client(), prefix, 0))
+	defer b.Shutdown(context.Background())
+	sum := task.DefineResult(b, "sum", func(ctx context.Context, a SumArgs) (Sum, error) { return Sum{}, nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	unknown, err := sum.Kicker().Message(SumArgs{})
+	require.NoError(t, err)
+	unknown.TaskName = "nobody"
+	require.NoError(t, b.Kick(ctx, unknown))
+	pending, msgs := prefix+":{taskiq}:pending", prefix+":{taskiq}:msg"
+	for id, raw := range map[string][]byte{"garbage": {0xc1, 0xff}, "huge": make([]byte, 2<<10)} {
+		require.NoError(t, b.Client().HSet(ctx, msgs, id, raw).Err())
+		require.NoError(t, b.Client().LPush(ctx, pending, id).Err())
+	}
+	start(t, newQuietWorker(b))
+
+	for id, kind := range map[string]string{unknown.TaskID: "unknown_task", "garbage": "malformed", "huge": "malformed"} {
+		began := time.Now()
+		_, err := sum.Handle(id).Wait(ctx)
+		var te *task.TaskError
+		require.ErrorAs(t, err, &te, id)
+		require.Equal(t, kind, te.Kind, id)
+		require.Equal(t, id, te.TaskID)
+		require.Less(t, time.Since(began), 5*time.Second, "%s: Wait returned promptly", id)
+	}
+	dls, err := b.DeadLetters(ctx, broker.DefaultQueue, 0, 10)
+	require.NoError(t, err)
+	require.Len(t, dls, 3, "all three are dead-lettered too")
 }

@@ -10,7 +10,10 @@
 //
 //  1. dead-letters it at once when its message did not decode (the reason is
 //     the decoding error) or names a task that is not registered on the
-//     broker (reason `unknown task "name"`);
+//     broker (reason `unknown task "name"`). Where the broker has a result
+//     backend and the task id is known, a failed result is stored first
+//     (error kind "malformed" or "unknown_task"), so a caller waiting for
+//     the task is not left waiting;
 //  2. runs it through the middleware chain, frozen when Run started:
 //     PreExecute hooks, the task's handler, the retry decision, OnError and
 //     PostExecute hooks (see package middleware for the order). The handler
@@ -34,7 +37,10 @@
 //     - any other failure, arguments of the wrong type (broker.ErrMalformed)
 //     included: moved to the queue's dead-letter list with the task's error
 //     text as the reason. The dead-letter list holds every task that
-//     finally failed, so nothing is dropped silently.
+//     finally failed, up to the broker's cap: the list broker keeps the
+//     newest 10 000 by default (broker.WithDeadLetterLimit) and logs a
+//     warning with the count each time the cap drops the oldest, so nothing
+//     is dropped silently.
 //
 // A failing settle call (Redis down) is retried with backoff; it is never
 // dropped while the worker runs. Failing broker calls are logged once when
@@ -532,13 +538,17 @@ func (r *run) execute(d *broker.Delivery) {
 		if d.Err != nil {
 			reason += ": " + d.Err.Error()
 		}
+		r.saveFailure(&broker.TaskResult{TaskID: d.ID, Error: reason, ErrorKind: "malformed"}, 0)
 		r.deadLetter(d, reason)
 		return
 	}
 	msg := d.Message
 	h, ok := r.registry.Lookup(msg.TaskName)
 	if !ok {
-		r.deadLetter(d, fmt.Sprintf("unknown task %q", msg.TaskName))
+		reason := fmt.Sprintf("unknown task %q", msg.TaskName)
+		r.saveFailure(&broker.TaskResult{TaskID: msg.TaskID, TaskName: msg.TaskName, Attempt: msg.Attempt,
+			Error: reason, ErrorKind: "unknown_task"}, resultTTL(msg))
+		r.deadLetter(d, reason)
 		return
 	}
 	timeout, _ := msg.Labels.Duration(broker.LabelTimeout)
@@ -580,7 +590,10 @@ func (r *run) execute(d *broker.Delivery) {
 		next.Attempt++
 		next.Lock, next.Unlock = nil, nil
 		if _, err := w.b.Formatter().EncodeMessage(&next); err != nil {
-			// Retrying could never succeed.
+			// Retrying could never succeed: this failure is final.
+			if r.results != nil {
+				r.saveResult(msg, res)
+			}
 			r.deadLetter(d, fmt.Sprintf("%v (cannot retry: %v)", res.Err, err))
 			return
 		}
@@ -637,15 +650,36 @@ func (r *run) saveResult(msg *broker.Message, res *middleware.Result) {
 		}
 		tr.Value = raw
 	}
-	ttl, _ := msg.Labels.Duration(broker.LabelResultTTL)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.taskCtx), callTimeout)
 	defer cancel()
-	if err := r.results.Store(ctx, tr, ttl); err != nil {
+	if err := r.results.Store(ctx, tr, resultTTL(msg)); err != nil {
 		r.w.log.Warn("kiq: could not store a task's result", slog.String("task_name", msg.TaskName),
 			slog.String("task_id", msg.TaskID), slog.Any("error", err))
 		return
 	}
 	r.chain.PostSave(ctx, msg, res)
+}
+
+// saveFailure stores the result of a task dead-lettered before the
+// middleware chain ran, when the broker has a result backend and the task
+// id is known, so that its Wait ends. A storage error is logged.
+func (r *run) saveFailure(tr *broker.TaskResult, ttl time.Duration) {
+	if r.results == nil || tr.TaskID == "" {
+		return
+	}
+	tr.FinishedAt = time.Now()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.taskCtx), callTimeout)
+	defer cancel()
+	if err := r.results.Store(ctx, tr, ttl); err != nil {
+		r.w.log.Warn("kiq: could not store a dead-lettered task's result", slog.String("task_id", tr.TaskID),
+			slog.Any("error", err))
+	}
+}
+
+// resultTTL is msg's result_ttl label, or 0 for the backend's default.
+func resultTTL(msg *broker.Message) time.Duration {
+	ttl, _ := msg.Labels.Duration(broker.LabelResultTTL)
+	return ttl
 }
 
 // errorKind classifies a task's error for its stored result.

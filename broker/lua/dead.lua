@@ -7,16 +7,21 @@
 -- ARGV[1]  task id
 -- ARGV[2]  encoded dead letter
 -- ARGV[3]  most dead letters kept
--- Returns  1, 2 when the lock was deleted too, or 0 when the task was no
---          longer in flight (nothing done).
+-- Returns  {code, dropped}: code 1 when recorded, 2 when the lock was
+--          deleted too, 0 when the task was no longer in flight (nothing
+--          done); dropped counts the oldest dead letters trimmed off the list
+--          to keep it at the limit.
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
-  return 0
+  return {0, 0}
 end
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('LPUSH', KEYS[3], ARGV[2])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
+local limit = tonumber(ARGV[3])
+local dropped = math.max(redis.call('LPUSH', KEYS[3], ARGV[2]) - limit, 0)
+if dropped > 0 then
+  redis.call('LTRIM', KEYS[3], 0, limit - 1)
+end
 if KEYS[4] and redis.call('GET', KEYS[4]) == ARGV[1] then
   redis.call('DEL', KEYS[4])
-  return 2
+  return {2, dropped}
 end
-return 1
+return {1, dropped}

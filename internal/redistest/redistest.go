@@ -52,24 +52,35 @@ var (
 )
 
 // Main runs the tests, stops every server started, and fails the run when
-// goroutines leaked. Extra goleak options name goroutines to ignore.
+// goroutines leaked: any goroutine alive after the tests and the servers
+// ended that was not alive before the tests started (goleak retries for a
+// while, so goroutines on their way out are not reported). Extra goleak
+// options name goroutines to ignore.
 func Main(m *testing.M, opts ...goleak.Option) {
 	// go-redis logs every failed dial; outage tests cause many on purpose.
 	redis.SetLogger(quietLogger{})
+	os.Exit(run(m, opts...))
+}
+
+// run is Main without the exit: it returns the exit code.
+func run(m interface{ Run() int }, opts ...goleak.Option) int {
+	// The snapshot is taken before the tests run: goroutines they start
+	// and leave running are reported.
+	opts = append(opts, goleak.IgnoreCurrent())
 	code := m.Run()
 	allMu.Lock()
 	for _, s := range all {
 		s.stop()
 	}
+	all = nil
 	allMu.Unlock()
 	if code == 0 {
-		opts = append(opts, goleak.IgnoreCurrent())
 		if err := goleak.Find(opts...); err != nil {
 			fmt.Fprintln(os.Stderr, "redistest: leaked goroutines:", err)
 			code = 1
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 // Shared returns the server shared by the tests of this binary, starting it

@@ -183,8 +183,9 @@ func TestACLUserOverTLS(t *testing.T) {
 	cancel()
 	require.NoError(t, <-done)
 
-	_, err = broker.NewListQueue(fmt.Sprintf("rediss://kiquser:wrong@127.0.0.1:%d/0?skip_verify=true", tlsPort))
+	wrong, err := broker.NewListQueue(fmt.Sprintf("rediss://kiquser:wrong@127.0.0.1:%d/0?skip_verify=true", tlsPort))
 	require.NoError(t, err, "constructors open no connection")
+	require.NoError(t, wrong.Shutdown(ctx))
 }
 
 func freePort(t *testing.T) int {
