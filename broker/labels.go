@@ -258,8 +258,11 @@ func (l Labels) Duration(key string) (time.Duration, bool) {
 	if !present {
 		return 0, false
 	}
-	if _, isString := v.(string); isString {
+	switch x := v.(type) {
+	case string:
 		return 0, false
+	case time.Duration: // set in code and not normalized (Merge makes it seconds)
+		return x, true
 	}
 	f, ok := toFloat64(v)
 	if !ok || math.IsNaN(f) || math.IsInf(f, 0) {

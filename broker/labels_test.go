@@ -108,3 +108,12 @@ func TestDecodeMessageRejectsGarbage(t *testing.T) {
 		require.ErrorIs(t, err, broker.ErrMalformed, "%x", raw)
 	}
 }
+
+func TestDurationReadsAnUnnormalizedDuration(t *testing.T) {
+	d, ok := broker.Labels{broker.LabelDelay: 300 * time.Millisecond}.Duration(broker.LabelDelay)
+	require.True(t, ok)
+	require.Equal(t, 300*time.Millisecond, d)
+	d, ok = broker.Labels{broker.LabelDelay: 0.3}.Duration(broker.LabelDelay)
+	require.True(t, ok)
+	require.Equal(t, 300*time.Millisecond, d)
+}

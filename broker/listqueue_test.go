@@ -850,3 +850,38 @@ func TestDeadLetterCapDropsAreLogged(t *testing.T) {
 	require.Equal(t, "4", lines[0][1], "five kept, one more, two allowed")
 	require.Equal(t, "1", lines[1][1])
 }
+
+// Thousands of scheduled tasks that come due together are moved onto the
+// queue by the take script itself, a batch per call: the consumer's script
+// calls number far fewer than the tasks, and none runs early.
+func TestDueScheduledTasksMoveInBatches(t *testing.T) {
+	b := newListQueue(t)
+	ctx := context.Background()
+	const n = 3000
+	msgs := make([]*broker.Message, n)
+	for i := range msgs {
+		msgs[i] = &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80},
+			Labels: broker.Labels{broker.LabelDelay: 300 * time.Millisecond}}
+	}
+	kicked := time.Now()
+	for _, err := range b.KickMany(ctx, msgs) {
+		require.NoError(t, err)
+	}
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	defer c.Close(ctx)
+	rt := &roundTrips{}
+	b.Client().AddHook(rt)
+	var got []*broker.Delivery
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for len(got) < n {
+		ds, err := c.Fetch(fctx, 1000)
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, time.Since(kicked), 300*time.Millisecond, "not delivered before its delay")
+		got = append(got, ds...)
+	}
+	require.Len(t, got, n)
+	require.Less(t, rt.n.Load(), int64(30), "%d tasks came due in a handful of script calls", n)
+	t.Logf("%d scheduled tasks delivered in %d round trips", n, rt.n.Load())
+}
