@@ -166,3 +166,49 @@ func TestRetryMiddlewareOnRedis(t *testing.T) {
 	require.Equal(t, int64(3), runs.Load(), "the first run and two retries")
 	require.Equal(t, int64(2), w.Stats().Retried)
 }
+
+// Graceful shutdown on Redis: a task that finishes within the shutdown
+// timeout is acknowledged; one cut by the timeout is handed back to the
+// head of the queue, not failed: no attempt is counted, nothing is dead.
+func TestShutdownOnRedisFinishesOrHandsBack(t *testing.T) {
+	b := newListQueue(t, redistest.Shared(t).URL(), broker.WithKeyPrefix(redistest.Prefix(t)))
+	started := make(chan int, 2)
+	tk := task.Define(b, "slow", func(ctx context.Context, a Args) error {
+		started <- a.N
+		if a.N == 1 {
+			time.Sleep(50 * time.Millisecond) // finishes within the timeout
+			return nil
+		}
+		<-ctx.Done() // cut by the timeout
+		return ctx.Err()
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	h1, err := tk.Kiq(ctx, Args{N: 1})
+	require.NoError(t, err)
+	h2, err := tk.Kiq(ctx, Args{N: 2})
+	require.NoError(t, err)
+	w := worker.New(b, worker.Options{Concurrency: 2, ShutdownTimeout: 300 * time.Millisecond, Logger: quiet})
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	<-started
+	<-started
+	cancel()
+	<-done
+	bg := context.Background()
+	st, err := b.Stats(bg, broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), st.Pending, "the cut task is queued again")
+	require.Zero(t, st.InFlight)
+	require.Zero(t, st.Dead, "a hand-back is not a failure")
+	exists, err := b.TaskExists(bg, broker.DefaultQueue, h1.TaskID())
+	require.NoError(t, err)
+	require.False(t, exists, "the finished task was acknowledged")
+	c, err := b.Consume(bg, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	defer c.Close(bg)
+	ds, err := c.Fetch(bg, 1)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	require.Equal(t, h2.TaskID(), ds[0].ID)
+	require.Zero(t, ds[0].Message.Attempt, "no attempt was counted")
+}
