@@ -671,3 +671,49 @@ func TestDeadLetterCapDropsAreLogged(t *testing.T) {
 	require.Equal(t, "4", lines[0][1], "five kept, one more, two allowed")
 	require.Equal(t, "1", lines[1][1])
 }
+
+// A take or BLMOVE whose reply is lost (the connection dropped after Redis
+// ran it; go-redis may even retry it and move more) leaves ids in the
+// consumer's in-flight list that no delivery holds. The live consumer
+// delivers them again within a heartbeat interval (plus the one-second
+// bound of a blocking wait) instead of keeping them in flight, never run,
+// for as long as it lives.
+func TestOrphansOfALostReplyAreDeliveredAgain(t *testing.T) {
+	b := newListQueue(t, broker.WithHeartbeat(50*time.Millisecond, 300*time.Millisecond))
+	ctx := context.Background()
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	defer c.Close(ctx)
+	client := b.Client()
+	ids := client.ZRange(ctx, b.KeyPrefix()+":{taskiq}:consumers", 0, -1).Val()
+	require.Len(t, ids, 1)
+	wip, pending := b.KeyPrefix()+":{taskiq}:wip:"+ids[0], b.KeyPrefix()+":{taskiq}:pending"
+
+	lost := kick(t, b, "lost")
+	// What take.lua does before its reply is lost, and a stray wake-up token.
+	require.Equal(t, lost.TaskID, client.LMove(ctx, pending, wip, "RIGHT", "LEFT").Val())
+	require.NoError(t, client.LPush(ctx, wip, "").Err())
+
+	fctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	ds, err := c.Fetch(fctx, 10)
+	require.NoError(t, err, "the orphan is delivered")
+	require.Len(t, ds, 1)
+	require.Equal(t, lost.TaskID, ds[0].ID)
+	require.NoError(t, c.Ack(ctx, ds...))
+	s, err := b.Stats(ctx, broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Zero(t, s.InFlight, "the token is gone too")
+
+	// A held delivery is never taken for an orphan.
+	held := kick(t, b, "held")
+	ds, err = c.Fetch(fctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, held.TaskID, ds[0].ID)
+	time.Sleep(150 * time.Millisecond) // several recovery turns
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelShort()
+	again, err := c.Fetch(short, 1)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "got %v", again)
+	require.NoError(t, c.Ack(ctx, ds...))
+}
