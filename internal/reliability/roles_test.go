@@ -15,6 +15,7 @@ import (
 
 	"github.com/kiq-go/kiq/broker"
 	"github.com/kiq-go/kiq/internal/redistest"
+	"github.com/kiq-go/kiq/middleware"
 	"github.com/kiq-go/kiq/middleware/dedup"
 	"github.com/kiq-go/kiq/task"
 	"github.com/kiq-go/kiq/worker"
@@ -42,8 +43,8 @@ type RecordArgs struct {
 // env reads the processes' configuration.
 func env(key string) string { return os.Getenv("KIQ_" + key) }
 
-// setup builds the broker, the deduplication middleware and the record task,
-// which counts its executions in the hash prefix:executions.
+// setup builds the broker, the deduplication and retry middlewares and the
+// record task, which counts its executions in the hash prefix:executions.
 func setup(url, prefix string, heartbeat time.Duration) (*broker.ListQueue, *task.Task[RecordArgs], error) {
 	quiet := slog.New(slog.DiscardHandler)
 	b, err := broker.NewListQueue(url, broker.WithKeyPrefix(prefix), broker.WithHeartbeat(heartbeat, 5*heartbeat), broker.WithLogger(quiet))
@@ -55,7 +56,9 @@ func setup(url, prefix string, heartbeat time.Duration) (*broker.ListQueue, *tas
 	if err != nil {
 		return nil, nil, err
 	}
-	b.WithMiddlewares(mw)
+	// A record that fails (its Redis is down) is retried, not dead-lettered.
+	b.WithMiddlewares(mw, middleware.NewRetry(middleware.RetryOptions{Always: true, Base: 50 * time.Millisecond,
+		Cap: 500 * time.Millisecond, MaxRetries: 20}))
 	client := b.Client()
 	record := task.Define(b, "record", func(ctx context.Context, a RecordArgs) error {
 		time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
