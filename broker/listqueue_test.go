@@ -2,8 +2,11 @@ package broker_test
 
 import (
 	"context"
+	"crypto/sha1"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
 	"regexp"
 	"sync"
 	"sync/atomic"
@@ -716,4 +719,72 @@ func TestOrphansOfALostReplyAreDeliveredAgain(t *testing.T) {
 	again, err := c.Fetch(short, 1)
 	require.ErrorIs(t, err, context.DeadlineExceeded, "got %v", again)
 	require.NoError(t, c.Ack(ctx, ds...))
+}
+
+// takeCalls counts the runs of take.lua a client sends (not counting an
+// EVALSHA refused with NOSCRIPT, which go-redis follows with an EVAL).
+type takeCalls struct {
+	sha string
+	n   atomic.Int64
+}
+
+func (c *takeCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *takeCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		args := cmd.Args()
+		if len(args) > 1 && (args[1] == c.sha || args[1] == takeSource) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+			c.n.Add(1)
+		}
+		return err
+	}
+}
+func (c *takeCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+var takeSource = func() string {
+	b, err := os.ReadFile("lua/take.lua")
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}()
+
+// Thousands of scheduled tasks that come due cost one take.lua call per
+// thousand (each call queues up to 1000 due tasks, atomically), not one
+// call per task.
+func TestDueScheduledTasksMoveInBulk(t *testing.T) {
+	client := redis.NewClient(&redis.Options{Addr: redistest.Shared(t).Addr()})
+	defer client.Close()
+	calls := &takeCalls{sha: fmt.Sprintf("%x", sha1.Sum([]byte(takeSource)))}
+	client.AddHook(calls)
+	b := newListQueue(t, broker.WithClient(client))
+	ctx := context.Background()
+	const n = 3000
+	msgs := make([]*broker.Message, n)
+	for i := range msgs {
+		msgs[i] = &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80},
+			Labels: broker.Labels{broker.LabelDelay: 0.2}}
+	}
+	for _, err := range b.KickMany(ctx, msgs) {
+		require.NoError(t, err)
+	}
+	time.Sleep(300 * time.Millisecond) // all due
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	defer c.Close(ctx)
+	scheduled, pending := b.KeyPrefix()+":{taskiq}:scheduled", b.KeyPrefix()+":{taskiq}:pending"
+
+	calls.n.Store(0)
+	ds := fetchAll(t, c, 1)
+	require.Equal(t, int64(1), calls.n.Load(), "one call")
+	require.Equal(t, int64(n-1000), client.ZCard(ctx, scheduled).Val(), "moved a thousand due tasks")
+	require.Contains(t, []int64{999, 1000}, client.LLen(ctx, pending).Val(), "queued, one delivered (and perhaps a wake-up token)")
+	require.NoError(t, c.Ack(ctx, ds...))
+
+	ds = fetchAll(t, c, n-1)
+	require.NoError(t, c.Ack(ctx, ds...))
+	require.LessOrEqual(t, calls.n.Load(), int64(n/1000+2), "%d calls for %d due tasks", calls.n.Load(), n)
+	require.Zero(t, client.ZCard(ctx, scheduled).Val())
 }

@@ -166,3 +166,43 @@ func TestRetryMiddlewareOnRedis(t *testing.T) {
 	require.Equal(t, int64(3), runs.Load(), "the first run and two retries")
 	require.Equal(t, int64(2), w.Stats().Retried)
 }
+
+// On Redis, a retry is not delivered before its backoff has passed (counted
+// from the failure, by Redis's clock), and comes soon after it.
+func TestRetryIsNotDeliveredBeforeItsBackoff(t *testing.T) {
+	b := newListQueue(t, redistest.Shared(t).URL(), broker.WithKeyPrefix(redistest.Prefix(t)))
+	const backoff = 300 * time.Millisecond
+	// Full jitter drawn at the top of its range: the backoff is the base.
+	b.WithMiddlewares(middleware.NewRetry(middleware.RetryOptions{Base: backoff, Cap: time.Minute,
+		Rand: func() float64 { return 0.9999 }}))
+	var mu sync.Mutex
+	var starts, ends []time.Time
+	ran := make(chan struct{}, 2)
+	tk := task.Define(b, "flaky", func(ctx context.Context, a Args) error {
+		mu.Lock()
+		starts = append(starts, time.Now())
+		first := len(starts) == 1
+		mu.Unlock()
+		defer func() {
+			mu.Lock()
+			ends = append(ends, time.Now())
+			mu.Unlock()
+			ran <- struct{}{}
+		}()
+		if first {
+			return errors.New("first attempt fails")
+		}
+		return nil
+	}, task.WithLabels(task.Labels{"retry_on_error": true, "max_retries": 1}))
+	kick(t, tk, 0)
+	start(t, newQuietWorker(b))
+	recv(t, ran)
+	recv(t, ran)
+	mu.Lock()
+	defer mu.Unlock()
+	gap := starts[1].Sub(ends[0])
+	want := time.Duration(0.9999 * float64(backoff))
+	require.GreaterOrEqual(t, gap, want-2*time.Millisecond, "the retry came %v after the failure, before its %v backoff", gap, want)
+	require.Less(t, gap, want+time.Second, "and not much later")
+	t.Logf("retry delivered %v after the failure (backoff %v)", gap, want)
+}
