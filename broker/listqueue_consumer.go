@@ -40,6 +40,110 @@ type lqConsumer struct {
 	closed   bool           // Close was called
 	released bool           // Close handed back the consumer's tasks
 	busy     sync.WaitGroup // Fetch calls and their BLMOVEs in progress
+
+	// held counts, by queue and task id, the deliveries Fetch returned and
+	// that are not settled yet. An id in the consumer's in-flight list that
+	// held does not know is an orphan: moved there by a take or a BLMOVE
+	// whose reply was lost (a connection dropped after Redis ran it, which
+	// go-redis may even retry, moving more). See recoverOrphans.
+	heldMu     sync.Mutex
+	held       map[string]map[string]int
+	recoverAt  time.Time // when recoverOrphans is due next; zero: not scheduled yet
+	recoverNow bool      // a take or BLMOVE failed: recoverOrphans is due at once
+	// moves is held shared by every take and BLMOVE, from before the call
+	// until the ids it moved are in held (or given back), and exclusively,
+	// with TryLock only, by recoverOrphans: it never takes an id on its way
+	// into held for an orphan. Nobody calls Lock, so shared holders may
+	// nest.
+	moves sync.RWMutex
+}
+
+// hold records ds as held.
+func (c *lqConsumer) hold(ds []*Delivery) {
+	c.heldMu.Lock()
+	defer c.heldMu.Unlock()
+	if c.held == nil {
+		c.held = make(map[string]map[string]int)
+	}
+	for _, d := range ds {
+		if c.held[d.Queue] == nil {
+			c.held[d.Queue] = make(map[string]int)
+		}
+		c.held[d.Queue][d.ID]++
+	}
+}
+
+// settled forgets ds, settled by the broker.
+func (c *lqConsumer) settled(ds ...*Delivery) {
+	c.heldMu.Lock()
+	defer c.heldMu.Unlock()
+	for _, d := range ds {
+		if n := c.held[d.Queue][d.ID]; n > 1 {
+			c.held[d.Queue][d.ID] = n - 1
+		} else {
+			delete(c.held[d.Queue], d.ID)
+		}
+	}
+}
+
+// recoverDue makes recoverOrphans run at the next Fetch round.
+func (c *lqConsumer) recoverDue() {
+	c.heldMu.Lock()
+	c.recoverNow = true
+	c.heldMu.Unlock()
+}
+
+// recoverOrphans delivers the orphans of the consumer's in-flight lists
+// (ids there that no delivery holds), at most limit: every heartbeat
+// interval, and at once after a failed take or BLMOVE. Without it they
+// would stay in flight, never run, until the consumer closes or dies.
+// It skips its turn while a take or BLMOVE is under way.
+func (c *lqConsumer) recoverOrphans(ctx context.Context, limit int) ([]*Delivery, error) {
+	c.heldMu.Lock()
+	now := time.Now()
+	if c.recoverAt.IsZero() {
+		c.recoverAt = now.Add(c.b.hbInterval)
+	}
+	due := c.recoverNow || !now.Before(c.recoverAt)
+	c.heldMu.Unlock()
+	if !due || !c.moves.TryLock() {
+		return nil, nil
+	}
+	defer c.moves.Unlock()
+	for _, q := range c.queues {
+		ids, err := c.b.client.LRange(ctx, c.wip(q), 0, -1).Result()
+		if err != nil {
+			return nil, fmt.Errorf("kiq: fetch: %w", err)
+		}
+		c.heldMu.Lock()
+		var orphans []string
+		tokens := 0
+		for _, id := range ids {
+			if c.held[q][id] == 0 && len(orphans)-tokens < limit {
+				orphans = append(orphans, id)
+				if id == "" {
+					tokens++
+				}
+			}
+		}
+		c.heldMu.Unlock()
+		if len(orphans) == 0 {
+			continue
+		}
+		ds, _, err := c.take(ctx, q, max(len(orphans)-tokens, 1), orphans...)
+		if err != nil {
+			return nil, err
+		}
+		if len(ds) > 0 {
+			c.b.log.Warn("kiq: tasks left in this consumer's in-flight list by a lost reply are delivered again",
+				slog.String("queue", q), slog.String("consumer", c.id), slog.Int("tasks", len(ds)))
+			return ds, nil
+		}
+	}
+	c.heldMu.Lock()
+	c.recoverAt, c.recoverNow = time.Now().Add(c.b.hbInterval), false
+	c.heldMu.Unlock()
+	return nil, nil
 }
 
 func (c *lqConsumer) wip(queue string) string { return c.b.key(queue, "wip:"+c.id) }
@@ -153,24 +257,40 @@ func (c *lqConsumer) Fetch(ctx context.Context, limit int) ([]*Delivery, error) 
 		if c.life.Err() != nil {
 			return nil, c.lifeErr()
 		}
-		first := int(c.next.Add(1) % uint32(len(c.queues)))
-		ds, wait, err := c.takeAny(ctx, first, limit)
-		if err != nil || len(ds) > 0 {
-			return ds, err
+		ds, err := c.recoverOrphans(ctx, limit)
+		if err == nil && len(ds) == 0 {
+			ds, err = c.fetchRound(ctx, limit)
 		}
-		q := c.queues[first]
-		id, moved, err := c.block(ctx, q, c.blockFor(ctx, wait))
 		if err != nil {
+			if ctx.Err() == nil {
+				c.recoverDue() // the failed call may have moved ids all the same
+			}
 			return nil, err
 		}
-		if !moved {
-			continue // the wait ended: a scheduled task may be due
+		if len(ds) > 0 {
+			return ds, nil
 		}
-		if ds, _, err = c.take(ctx, q, limit, id); err != nil || len(ds) > 0 {
-			return ds, err
-		}
-		// A wake-up token: a task was scheduled earlier; wait less.
 	}
+}
+
+// fetchRound takes from the queues, or blocks on one of them once; no
+// deliveries and no error means: go round again.
+func (c *lqConsumer) fetchRound(ctx context.Context, limit int) ([]*Delivery, error) {
+	c.moves.RLock()
+	defer c.moves.RUnlock()
+	first := int(c.next.Add(1) % uint32(len(c.queues)))
+	ds, wait, err := c.takeAny(ctx, first, limit)
+	if err != nil || len(ds) > 0 {
+		return ds, err
+	}
+	q := c.queues[first]
+	id, moved, err := c.block(ctx, q, c.blockFor(ctx, wait))
+	if err != nil || !moved {
+		return nil, err // !moved: the wait ended, a scheduled task may be due
+	}
+	// No deliveries: a wake-up token, a task was scheduled earlier; wait less.
+	ds, _, err = c.take(ctx, q, limit, id)
+	return ds, err
 }
 
 // takeAny runs take on every queue from the first-th until one returns
@@ -207,8 +327,8 @@ func (c *lqConsumer) blockFor(ctx context.Context, wait time.Duration) time.Dura
 }
 
 // take runs take.lua on queue q: due scheduled tasks are queued, then up to
-// limit tasks (the claimed ones first) are returned, with how long until the
-// next scheduled task is due (-1: none).
+// limit tasks (the claimed ones first) are returned, and held, with how long
+// until the next scheduled task is due (-1: none). The caller holds moves.
 func (c *lqConsumer) take(ctx context.Context, q string, limit int, claimed ...string) ([]*Delivery, time.Duration, error) {
 	keys := []string{c.b.key(q, "pending"), c.wip(q), c.b.key(q, "msg"), c.b.key(q, "scheduled"), c.b.key(q, "consumers")}
 	args := make([]any, 0, 3+len(claimed))
@@ -223,7 +343,9 @@ func (c *lqConsumer) take(ctx context.Context, q string, limit int, claimed ...s
 		}
 		return nil, 0, fmt.Errorf("kiq: fetch: %w", err)
 	}
-	return parseTake(c.b.formatter, c.b.maxSize, q, res)
+	ds, wait, err := parseTake(c.b.formatter, c.b.maxSize, q, res)
+	c.hold(ds)
+	return ds, wait, err
 }
 
 // parseTake decodes take.lua's reply: {wait ms, {id, message, ...}}. A
@@ -281,7 +403,8 @@ type blocked struct {
 func (c *lqConsumer) block(ctx context.Context, q string, wait time.Duration) (string, bool, error) {
 	got := make(chan blocked) // unbuffered: a result is either received or handed back
 	gaveUp := make(chan struct{})
-	c.busy.Add(1) // within a Fetch's count, so Close waits for it
+	c.busy.Add(1)   // within a Fetch's count, so Close waits for it
+	c.moves.RLock() // within the Fetch's, until the id is received or given back
 	go c.blmove(ctx, q, wait, got, gaveUp)
 	var timeout <-chan time.Time
 	if wait < c.b.maxBlock {
@@ -306,6 +429,7 @@ func (c *lqConsumer) block(ctx context.Context, q string, wait time.Duration) (s
 
 func (c *lqConsumer) blmove(ctx context.Context, q string, wait time.Duration, got chan<- blocked, gaveUp <-chan struct{}) {
 	defer c.busy.Done()
+	defer c.moves.RUnlock()
 	secs := strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)
 	id, err := c.b.client.Do(context.WithoutCancel(ctx), "BLMOVE", c.b.key(q, "pending"), c.wip(q), "RIGHT", "LEFT", secs).Text()
 	r := blocked{id: id, moved: err == nil}
@@ -320,7 +444,8 @@ func (c *lqConsumer) blmove(ctx context.Context, q string, wait time.Duration, g
 }
 
 // giveBack returns to the head of q an id a BLMOVE took for a Fetch that
-// gave up. If it fails, the id stays in flight until Close or a reap.
+// gave up. If it fails, the id stays in flight until recoverOrphans
+// delivers it.
 func (c *lqConsumer) giveBack(q string, r blocked) {
 	if !r.moved {
 		return
@@ -328,8 +453,9 @@ func (c *lqConsumer) giveBack(q string, r blocked) {
 	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
 	defer cancel()
 	if err := handBackScript.Run(ctx, c.b.client, []string{c.wip(q), c.b.key(q, "pending")}, r.id).Err(); err != nil {
-		c.b.log.Warn("kiq: handing back a task taken after its Fetch ended failed; Close or a reap returns it",
+		c.b.log.Warn("kiq: handing back a task taken after its Fetch ended failed; it is delivered again later",
 			slog.String("queue", q), slog.String("task_id", r.id), slog.Any("error", err))
+		c.recoverDue()
 	}
 }
 
@@ -390,15 +516,20 @@ func (c *lqConsumer) Ack(ctx context.Context, ds ...*Delivery) error {
 			}
 		}
 	}
+	c.settled(ds...)
 	return nil
 }
 
 // HandBack returns deliveries to the head of their queues, the first to be
 // taken first: one handback.lua per queue, all in one round trip.
 func (c *lqConsumer) HandBack(ctx context.Context, ds ...*Delivery) error {
-	return c.perQueue(ctx, "hand back", handBackScript, ds, func(q string) []string {
+	err := c.perQueue(ctx, "hand back", handBackScript, ds, func(q string) []string {
 		return []string{c.wip(q), c.b.key(q, "pending")}
 	})
+	if err == nil {
+		c.settled(ds...)
+	}
+	return err
 }
 
 // queueIDs are the ids of the deliveries of one queue, in order.
@@ -471,6 +602,7 @@ func (c *lqConsumer) Retry(ctx context.Context, d *Delivery, msg *Message, delay
 	if err := retryScript.Run(ctx, c.b.client, keys, d.ID, raw, delay.Milliseconds()).Err(); err != nil {
 		return fmt.Errorf("kiq: retry: %w", err)
 	}
+	c.settled(d)
 	return nil
 }
 
@@ -500,6 +632,7 @@ func (c *lqConsumer) DeadLetter(ctx context.Context, d *Delivery, reason string)
 	if l := d.unlock(); len(res) == 2 && res[0] == 2 && l != nil && l.Released != nil {
 		l.Released()
 	}
+	c.settled(d)
 	if len(res) == 2 && res[1] > 0 {
 		c.b.log.Warn("kiq: the dead-letter list is full; its oldest entries were dropped",
 			slog.String("queue", q), slog.Int64("dropped", res[1]), slog.Int("limit", c.b.deadLimit))

@@ -2,9 +2,11 @@ package broker_test
 
 import (
 	"context"
+	"crypto/sha1"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -851,37 +853,116 @@ func TestDeadLetterCapDropsAreLogged(t *testing.T) {
 	require.Equal(t, "1", lines[1][1])
 }
 
-// Thousands of scheduled tasks that come due together are moved onto the
-// queue by the take script itself, a batch per call: the consumer's script
-// calls number far fewer than the tasks, and none runs early.
-func TestDueScheduledTasksMoveInBatches(t *testing.T) {
-	b := newListQueue(t)
+// A take or BLMOVE whose reply is lost (the connection dropped after Redis
+// ran it; go-redis may even retry it and move more) leaves ids in the
+// consumer's in-flight list that no delivery holds. The live consumer
+// delivers them again within a heartbeat interval (plus the one-second
+// bound of a blocking wait) instead of keeping them in flight, never run,
+// for as long as it lives.
+func TestOrphansOfALostReplyAreDeliveredAgain(t *testing.T) {
+	b := newListQueue(t, broker.WithHeartbeat(50*time.Millisecond, 300*time.Millisecond))
+	ctx := context.Background()
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	defer c.Close(ctx)
+	client := b.Client()
+	ids := client.ZRange(ctx, b.KeyPrefix()+":{taskiq}:consumers", 0, -1).Val()
+	require.Len(t, ids, 1)
+	wip, pending := b.KeyPrefix()+":{taskiq}:wip:"+ids[0], b.KeyPrefix()+":{taskiq}:pending"
+
+	lost := kick(t, b, "lost")
+	// What take.lua does before its reply is lost, and a stray wake-up token.
+	require.Equal(t, lost.TaskID, client.LMove(ctx, pending, wip, "RIGHT", "LEFT").Val())
+	require.NoError(t, client.LPush(ctx, wip, "").Err())
+
+	fctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	ds, err := c.Fetch(fctx, 10)
+	require.NoError(t, err, "the orphan is delivered")
+	require.Len(t, ds, 1)
+	require.Equal(t, lost.TaskID, ds[0].ID)
+	require.NoError(t, c.Ack(ctx, ds...))
+	s, err := b.Stats(ctx, broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Zero(t, s.InFlight, "the token is gone too")
+
+	// A held delivery is never taken for an orphan.
+	held := kick(t, b, "held")
+	ds, err = c.Fetch(fctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, held.TaskID, ds[0].ID)
+	time.Sleep(150 * time.Millisecond) // several recovery turns
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelShort()
+	again, err := c.Fetch(short, 1)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "got %v", again)
+	require.NoError(t, c.Ack(ctx, ds...))
+}
+
+// takeCalls counts the runs of take.lua a client sends (not counting an
+// EVALSHA refused with NOSCRIPT, which go-redis follows with an EVAL).
+type takeCalls struct {
+	sha string
+	n   atomic.Int64
+}
+
+func (c *takeCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *takeCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		args := cmd.Args()
+		if len(args) > 1 && (args[1] == c.sha || args[1] == takeSource) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+			c.n.Add(1)
+		}
+		return err
+	}
+}
+func (c *takeCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+var takeSource = func() string {
+	b, err := os.ReadFile("lua/take.lua")
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}()
+
+// Thousands of scheduled tasks that come due cost one take.lua call per
+// thousand (each call queues up to 1000 due tasks, atomically), not one
+// call per task.
+func TestDueScheduledTasksMoveInBulk(t *testing.T) {
+	client := redis.NewClient(&redis.Options{Addr: redistest.Shared(t).Addr()})
+	defer client.Close()
+	calls := &takeCalls{sha: fmt.Sprintf("%x", sha1.Sum([]byte(takeSource)))}
+	client.AddHook(calls)
+	b := newListQueue(t, broker.WithClient(client))
 	ctx := context.Background()
 	const n = 3000
 	msgs := make([]*broker.Message, n)
 	for i := range msgs {
 		msgs[i] = &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80},
-			Labels: broker.Labels{broker.LabelDelay: 300 * time.Millisecond}}
+			Labels: broker.Labels{broker.LabelDelay: 0.2}}
 	}
-	kicked := time.Now()
 	for _, err := range b.KickMany(ctx, msgs) {
 		require.NoError(t, err)
 	}
+	time.Sleep(300 * time.Millisecond) // all due
 	c, err := b.Consume(ctx, broker.ConsumeOptions{})
 	require.NoError(t, err)
 	defer c.Close(ctx)
-	rt := &roundTrips{}
-	b.Client().AddHook(rt)
-	var got []*broker.Delivery
-	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for len(got) < n {
-		ds, err := c.Fetch(fctx, 1000)
-		require.NoError(t, err)
-		require.GreaterOrEqual(t, time.Since(kicked), 300*time.Millisecond, "not delivered before its delay")
-		got = append(got, ds...)
-	}
-	require.Len(t, got, n)
-	require.Less(t, rt.n.Load(), int64(30), "%d tasks came due in a handful of script calls", n)
-	t.Logf("%d scheduled tasks delivered in %d round trips", n, rt.n.Load())
+	scheduled, pending := b.KeyPrefix()+":{taskiq}:scheduled", b.KeyPrefix()+":{taskiq}:pending"
+
+	calls.n.Store(0)
+	ds := fetchAll(t, c, 1)
+	require.Equal(t, int64(1), calls.n.Load(), "one call")
+	require.Equal(t, int64(n-1000), client.ZCard(ctx, scheduled).Val(), "moved a thousand due tasks")
+	require.Contains(t, []int64{999, 1000}, client.LLen(ctx, pending).Val(), "queued, one delivered (and perhaps a wake-up token)")
+	require.NoError(t, c.Ack(ctx, ds...))
+
+	ds = fetchAll(t, c, n-1)
+	require.NoError(t, c.Ack(ctx, ds...))
+	require.LessOrEqual(t, calls.n.Load(), int64(n/1000+2), "%d calls for %d due tasks", calls.n.Load(), n)
+	require.Zero(t, client.ZCard(ctx, scheduled).Val())
 }

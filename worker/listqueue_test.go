@@ -212,3 +212,138 @@ func TestShutdownOnRedisFinishesOrHandsBack(t *testing.T) {
 	require.Equal(t, h2.TaskID(), ds[0].ID)
 	require.Zero(t, ds[0].Message.Attempt, "no attempt was counted")
 }
+
+// On Redis, a retry is not delivered before its backoff has passed (counted
+// from the failure, by Redis's clock), and comes soon after it.
+func TestRetryIsNotDeliveredBeforeItsBackoff(t *testing.T) {
+	b := newListQueue(t, redistest.Shared(t).URL(), broker.WithKeyPrefix(redistest.Prefix(t)))
+	const backoff = 300 * time.Millisecond
+	// Full jitter drawn at the top of its range: the backoff is the base.
+	b.WithMiddlewares(middleware.NewRetry(middleware.RetryOptions{Base: backoff, Cap: time.Minute,
+		Rand: func() float64 { return 0.9999 }}))
+	var mu sync.Mutex
+	var starts, ends []time.Time
+	ran := make(chan struct{}, 2)
+	tk := task.Define(b, "flaky", func(ctx context.Context, a Args) error {
+		mu.Lock()
+		starts = append(starts, time.Now())
+		first := len(starts) == 1
+		mu.Unlock()
+		defer func() {
+			mu.Lock()
+			ends = append(ends, time.Now())
+			mu.Unlock()
+			ran <- struct{}{}
+		}()
+		if first {
+			return errors.New("first attempt fails")
+		}
+		return nil
+	}, task.WithLabels(task.Labels{"retry_on_error": true, "max_retries": 1}))
+	kick(t, tk, 0)
+	start(t, newQuietWorker(b))
+	recv(t, ran)
+	recv(t, ran)
+	mu.Lock()
+	defer mu.Unlock()
+	gap := starts[1].Sub(ends[0])
+	want := time.Duration(0.9999 * float64(backoff))
+	require.GreaterOrEqual(t, gap, want-2*time.Millisecond, "the retry came %v after the failure, before its %v backoff", gap, want)
+	require.Less(t, gap, want+time.Second, "and not much later")
+	t.Logf("retry delivered %v after the failure (backoff %v)", gap, want)
+}
+
+// Shutdown on Redis: the running tasks finish within the timeout and are
+// acknowledged; those fetched but not started go back to the queue at once,
+// their attempt unchanged.
+func TestShutdownOnRedisWaitsForTheRunningAndHandsBackTheUnstarted(t *testing.T) {
+	b := newListQueue(t, redistest.Shared(t).URL(), broker.WithKeyPrefix(redistest.Prefix(t)))
+	ctx := context.Background()
+	started := make(chan int, 6)
+	release := make(chan struct{})
+	var finished atomic.Int64
+	tk := task.Define(b, "t", func(ctx context.Context, a Args) error {
+		started <- a.N
+		<-release
+		finished.Add(1)
+		return nil
+	})
+	ids := make([]string, 6)
+	for i := range ids {
+		ids[i] = kick(t, tk, i)
+	}
+	w := worker.New(b, worker.Options{Concurrency: 2, Prefetch: 6, ShutdownTimeout: 5 * time.Second, Logger: quiet})
+	stop := start(t, w)
+	ran := map[int]bool{recv(t, started): true, recv(t, started): true}
+	stats := func() broker.QueueStats {
+		s, err := b.Stats(ctx, broker.DefaultQueue)
+		require.NoError(t, err)
+		return s
+	}
+	require.Eventually(t, func() bool { return stats().InFlight == 6 }, 5*time.Second, time.Millisecond, "all six fetched")
+	stopped := make(chan error, 1)
+	begun := time.Now()
+	go func() { stopped <- stop() }()
+	require.Eventually(t, func() bool { return stats().Pending == 4 }, 5*time.Second, time.Millisecond,
+		"the four not started are handed back at once")
+	select {
+	case <-stopped:
+		t.Fatal("Run returned while tasks were running")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	require.NoError(t, recv(t, stopped))
+	require.Less(t, time.Since(begun), 5*time.Second, "within the shutdown timeout")
+	require.Equal(t, int64(2), finished.Load(), "the running tasks finished")
+	require.Equal(t, worker.Stats{Done: 2, HandedBack: 4}, w.Stats())
+	require.Equal(t, broker.QueueStats{Queue: broker.DefaultQueue, Pending: 4}, stats(), "acknowledged, handed back, nothing in flight")
+	for i, id := range ids {
+		if ran[i] {
+			continue
+		}
+		info, err := b.Task(ctx, broker.DefaultQueue, id)
+		require.NoError(t, err)
+		require.Equal(t, "pending", info.State)
+		require.Equal(t, 0, info.Message.Attempt, "a hand-back is not a failed attempt")
+	}
+}
+
+// Shutdown on Redis: a task cut by the shutdown timeout is handed back, not
+// failed: no retry is scheduled, nothing is dead-lettered, its attempt is
+// unchanged, and the next worker runs it.
+func TestShutdownTimeoutOnRedisHandsBackTheCutTask(t *testing.T) {
+	b := newListQueue(t, redistest.Shared(t).URL(), broker.WithKeyPrefix(redistest.Prefix(t)))
+	b.WithMiddlewares(middleware.NewRetry(middleware.RetryOptions{Always: true, Base: time.Millisecond}))
+	ctx := context.Background()
+	var runs atomic.Int64
+	done := make(chan struct{}, 1)
+	tk := task.Define(b, "slow", func(ctx context.Context, a Args) error {
+		if runs.Add(1) == 1 {
+			<-ctx.Done() // the first run is cut by the shutdown
+			return ctx.Err()
+		}
+		done <- struct{}{}
+		return nil
+	})
+	id := kick(t, tk, 0)
+	w := worker.New(b, worker.Options{ShutdownTimeout: 100 * time.Millisecond, Logger: quiet})
+	stop := start(t, w)
+	require.Eventually(t, func() bool { return w.Stats().Running == 1 }, 5*time.Second, time.Millisecond)
+	begun := time.Now()
+	require.NoError(t, stop())
+	require.Less(t, time.Since(begun), time.Second, "cut at the timeout")
+	require.Equal(t, worker.Stats{HandedBack: 1}, w.Stats(), "not a failure, not a retry")
+	s, err := b.Stats(ctx, broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Equal(t, broker.QueueStats{Queue: broker.DefaultQueue, Pending: 1}, s, "back on the queue, not scheduled, not dead")
+	info, err := b.Task(ctx, broker.DefaultQueue, id)
+	require.NoError(t, err)
+	require.Equal(t, "pending", info.State)
+	require.Equal(t, 0, info.Message.Attempt, "a hand-back is not a failed attempt")
+
+	next := newQuietWorker(b)
+	start(t, next)
+	recv(t, done)
+	require.Eventually(t, func() bool { return next.Stats().Done == 1 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, int64(2), runs.Load())
+}

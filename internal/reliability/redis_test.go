@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/big"
@@ -15,6 +16,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,14 +28,25 @@ import (
 	"github.com/kiq-go/kiq/middleware/dedup"
 	"github.com/kiq-go/kiq/task"
 	"github.com/kiq-go/kiq/worker"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-// runLoad kicks n tasks from a producer that retries failed kicks, with a
-// worker running, and starts fault halfway, in the background: the producer
-// keeps kicking while Redis is down or paused (go-redis's own retries hide
-// an outage this short from it). It checks every acknowledged kick ran.
-func runLoad(t *testing.T, srv *redistest.Server, n int, fault func()) {
+// loadReport is what the producers of runLoad saw.
+type loadReport struct {
+	kicked       int           // kicks Redis acknowledged
+	failed       int           // kicks that returned an error (each retried)
+	failedDuring int           // of those, overlapping the fault
+	slowest      time.Duration // the longest kick overlapping the fault
+	okAfter      int           // acknowledged kicks started after the fault
+	logs         string        // the worker's logs
+}
+
+// runLoad runs a worker and four producers that kick without pause, from
+// before fault starts until after it returns, each retrying a failed kick
+// until Redis acknowledges it (or reports it a duplicate of an earlier
+// attempt that did land). Every acknowledged kick must run.
+func runLoad(t *testing.T, srv *redistest.Server, fault func()) loadReport {
 	prefix := "load"
 	logs := &testlog.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
@@ -40,59 +54,139 @@ func runLoad(t *testing.T, srv *redistest.Server, n int, fault func()) {
 	require.NoError(t, err)
 	defer b.Shutdown(context.Background())
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	w := worker.New(b, worker.Options{Concurrency: 8, ErrorBackoff: 200 * time.Millisecond, Logger: log})
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 
-	failures := 0
-	faulted := make(chan struct{})
-	for i := range n {
-		if i == n/2 {
-			go func() { defer close(faulted); fault() }()
-			time.Sleep(50 * time.Millisecond) // the fault has begun
-		}
-		for {
-			kctx, kcancel := context.WithTimeout(ctx, time.Second)
-			_, err := record.Kiq(kctx, RecordArgs{N: i})
-			kcancel()
-			if err == nil {
-				break
+	var (
+		next             atomic.Int64 // the next task number
+		faultAt, endedAt atomic.Int64 // UnixNano; 0: not yet
+		stop             = make(chan struct{})
+		mu               sync.Mutex
+		acked            []int
+		rep              loadReport
+		producers        sync.WaitGroup
+	)
+	for range 4 {
+		producers.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := int(next.Add(1))
+				for {
+					began := time.Now()
+					// Short enough that a kick stuck in go-redis's own retries
+					// during an outage ends in an error the producer sees.
+					kctx, kcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+					_, err := record.Kiq(kctx, RecordArgs{N: n})
+					kcancel()
+					took := time.Since(began)
+					// during: the kick overlapped the fault; after: it began
+					// once the fault was over.
+					from, to := faultAt.Load(), endedAt.Load()
+					during := from != 0 && from <= began.Add(took).UnixNano() && (to == 0 || to >= began.UnixNano())
+					after := to != 0 && to < began.UnixNano()
+					mu.Lock()
+					if during {
+						rep.slowest = max(rep.slowest, took)
+					}
+					switch {
+					case err == nil:
+						acked = append(acked, n)
+						rep.kicked++
+						if after {
+							rep.okAfter++
+						}
+					case errors.Is(err, dedup.ErrDuplicateTask):
+						// An earlier attempt landed though its reply was lost.
+					default:
+						rep.failed++
+						if during {
+							rep.failedDuring++
+						}
+					}
+					mu.Unlock()
+					if err == nil || errors.Is(err, dedup.ErrDuplicateTask) {
+						break
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				time.Sleep(5 * time.Millisecond)
 			}
-			failures++
-			time.Sleep(20 * time.Millisecond)
-		}
-		time.Sleep(time.Millisecond)
+		})
 	}
-	<-faulted
-	client := b.Client()
+	time.Sleep(300 * time.Millisecond)
+	faultAt.Store(time.Now().UnixNano())
+	fault()
+	endedAt.Store(time.Now().UnixNano())
+	// Kick on until 50 kicks begun after the fault succeeded. go-redis's
+	// pool may answer with its last dial error for up to a second after
+	// Redis is back, before its background dial notices.
 	require.Eventually(t, func() bool {
-		return client.HLen(context.Background(), prefix+":executions").Val() == int64(n)
-	}, 30*time.Second, 50*time.Millisecond, "an acknowledged kick was lost")
+		mu.Lock()
+		defer mu.Unlock()
+		return rep.okAfter >= 50
+	}, 10*time.Second, 10*time.Millisecond, "producers carry on after the fault")
+	close(stop)
+	producers.Wait()
+
+	client := b.Client()
+	bg := context.Background()
+	if !assert.Eventually(t, func() bool {
+		s, err := b.Stats(bg, broker.DefaultQueue)
+		return err == nil && s.Pending == 0 && s.InFlight == 0 && s.Scheduled == 0
+	}, 30*time.Second, 50*time.Millisecond, "the queue drains") {
+		s, err := b.Stats(bg, broker.DefaultQueue)
+		for _, k := range client.Keys(bg, prefix+":{taskiq}:wip:*").Val() {
+			t.Logf("in flight on %s: %q", k, client.LRange(bg, k, 0, -1).Val())
+		}
+		t.Fatalf("%d acknowledged, %d executed; stats %+v (%v); worker logs:\n%s",
+			len(acked), client.HLen(bg, prefix+":executions").Val(), s, err, logs.String())
+	}
+	for _, n := range acked {
+		require.NotZero(t, client.HGet(bg, prefix+":executions", strconv.Itoa(n)).Val(), "acknowledged kick %d was lost", n)
+	}
 	cancel()
 	require.NoError(t, <-done)
-	t.Logf("%d tasks; %d kicks failed during the fault and were retried by the producer; worker logs:\n%s", n, failures, logs.String())
+	rep.logs = logs.String()
+	t.Logf("%d kicks acknowledged (%d after the fault), %d failed and were retried (%d during the fault), slowest kick during the fault %v; worker logs:\n%s",
+		rep.kicked, rep.okAfter, rep.failed, rep.failedDuring, rep.slowest.Round(time.Millisecond), rep.logs)
+	return rep
 }
 
 // Redis restarted mid-run (killed, then started again from its append-only
-// file): producers and workers report errors, back off, reconnect and carry
-// on; every acknowledged kick runs; goroutines end (goleak in TestMain).
+// file) while producers kick: producers get errors and retry, the worker
+// logs the outage and its recovery, everyone reconnects and carries on;
+// every acknowledged kick runs; goroutines end (goleak in TestMain).
 func TestRedisRestartMidRun(t *testing.T) {
 	srv := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
-	runLoad(t, srv, 400, func() {
+	rep := runLoad(t, srv, func() {
 		srv.Kill(t)
-		time.Sleep(300 * time.Millisecond)
+		// Longer than go-redis's own retries (3, backing off up to 512 ms),
+		// which hide a shorter outage from everyone.
+		time.Sleep(1500 * time.Millisecond)
 		srv.Revive(t)
 	})
+	require.Positive(t, rep.failedDuring, "kicks during the outage failed and were reported to the producer")
+	require.Contains(t, rep.logs, "broker call failed", "the worker logged the outage")
+	require.Contains(t, rep.logs, "broker call recovered", "and its end")
 }
 
-// Redis paused mid-run (CLIENT PAUSE): everyone waits, then carries on.
+// Redis paused mid-run (CLIENT PAUSE) while producers kick: their kicks
+// wait for the pause to end, then everyone carries on.
 func TestRedisPausedMidRun(t *testing.T) {
 	srv := redistest.Start(t)
 	admin := srv.Client(t)
-	runLoad(t, srv, 400, func() {
+	rep := runLoad(t, srv, func() {
 		require.NoError(t, admin.Do(context.Background(), "CLIENT", "PAUSE", 500, "ALL").Err())
-		time.Sleep(500 * time.Millisecond) // the producer kicks into the pause meanwhile
+		time.Sleep(500 * time.Millisecond)
 	})
+	require.True(t, rep.failedDuring > 0 || rep.slowest >= 250*time.Millisecond,
+		"kicks during the pause were blocked (slowest %v) or failed (%d)", rep.slowest, rep.failedDuring)
 }
 
 // Fail-closed and fail-open deduplication while the lock's Redis is down.

@@ -1,13 +1,16 @@
 package reliability_test
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/kiq-go/kiq/broker"
 	"github.com/kiq-go/kiq/internal/redistest"
+	"github.com/kiq-go/kiq/middleware"
 	"github.com/kiq-go/kiq/middleware/dedup"
 	"github.com/kiq-go/kiq/task"
 	"github.com/kiq-go/kiq/worker"
@@ -42,8 +46,8 @@ type RecordArgs struct {
 // env reads the processes' configuration.
 func env(key string) string { return os.Getenv("KIQ_" + key) }
 
-// setup builds the broker, the deduplication middleware and the record task,
-// which counts its executions in the hash prefix:executions.
+// setup builds the broker, the deduplication and retry middlewares and the
+// record task, which counts its executions in the hash prefix:executions.
 func setup(url, prefix string, heartbeat time.Duration) (*broker.ListQueue, *task.Task[RecordArgs], error) {
 	quiet := slog.New(slog.DiscardHandler)
 	b, err := broker.NewListQueue(url, broker.WithKeyPrefix(prefix), broker.WithHeartbeat(heartbeat, 5*heartbeat), broker.WithLogger(quiet))
@@ -55,7 +59,9 @@ func setup(url, prefix string, heartbeat time.Duration) (*broker.ListQueue, *tas
 	if err != nil {
 		return nil, nil, err
 	}
-	b.WithMiddlewares(mw)
+	// A record that fails (its Redis is down) is retried, not dead-lettered.
+	b.WithMiddlewares(mw, middleware.NewRetry(middleware.RetryOptions{Always: true, Base: 50 * time.Millisecond,
+		Cap: 500 * time.Millisecond, MaxRetries: 20}))
 	client := b.Client()
 	record := task.Define(b, "record", func(ctx context.Context, a RecordArgs) error {
 		time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
@@ -70,11 +76,13 @@ func play(role string) error {
 	defer stop()
 	switch role {
 	case "worker":
+		// Announces its consumer's id, so that the test can see what it
+		// holds when it kills it.
 		b, _, err := setup(url, prefix, 100*time.Millisecond)
 		if err != nil {
 			return err
 		}
-		return worker.New(b, worker.Options{Concurrency: 8, Logger: slog.New(slog.DiscardHandler)}).Run(ctx)
+		return worker.New(&announce{ListQueue: b}, worker.Options{Concurrency: 8, Logger: slog.New(slog.DiscardHandler)}).Run(ctx)
 	case "ackless-worker":
 		// Runs tasks, but dies (is killed) before it acknowledges any.
 		b, _, err := setup(url, prefix, 100*time.Millisecond)
@@ -84,7 +92,9 @@ func play(role string) error {
 		return worker.New(&noAck{ListQueue: b}, worker.Options{Concurrency: 1, Logger: slog.New(slog.DiscardHandler)}).Run(ctx)
 	case "stuck-producer":
 		// Takes its lock apart from the enqueue (locks in another Redis
-		// database), then hangs in the send until it is killed.
+		// database: the broker cannot take it in its kick script), then
+		// waits before the broker's real Kick for "GO" on stdin; the test
+		// kills it there, or lets it send.
 		opts, err := redis.ParseURL(url)
 		if err != nil {
 			return err
@@ -99,20 +109,49 @@ func play(role string) error {
 		if err != nil {
 			return err
 		}
-		hb := &hangingBroker{ListQueue: b.WithMiddlewares(mw)}
-		record := task.Define(hb, "record", func(context.Context, RecordArgs) error { return nil })
-		_, err = record.Kiq(ctx, RecordArgs{N: 1})
-		return err
+		gb := &gatedBroker{ListQueue: b.WithMiddlewares(mw)}
+		if gb.LocksAtomically(locks) {
+			return errors.New("the lock would be taken in the kick script")
+		}
+		record := task.Define(gb, "record", func(context.Context, RecordArgs) error { return nil })
+		if _, err = record.Kiq(ctx, RecordArgs{N: 1}); err != nil {
+			return err
+		}
+		fmt.Println("SENT")
+		return nil
 	}
 	return fmt.Errorf("unknown role %q", role)
 }
 
-// hangingBroker announces that the lock was taken and hangs in Kick.
-type hangingBroker struct{ *broker.ListQueue }
+// gatedBroker announces that the lock was taken ("LOCKED": the middlewares'
+// PreSend ran), then waits for a line on stdin before the ListQueue's real
+// Kick.
+type gatedBroker struct{ *broker.ListQueue }
 
-func (h *hangingBroker) Kick(ctx context.Context, msg *broker.Message) error {
+func (g *gatedBroker) Kick(ctx context.Context, msg *broker.Message) error {
 	fmt.Println("LOCKED")
-	select {}
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		return err
+	}
+	return g.ListQueue.Kick(ctx, msg)
+}
+
+// announce prints the id of the consumer it opens: "CONSUMER <id>".
+type announce struct{ *broker.ListQueue }
+
+func (a *announce) Consume(ctx context.Context, opts broker.ConsumeOptions) (broker.Consumer, error) {
+	key := a.KeyPrefix() + ":{" + broker.DefaultQueue + "}:consumers"
+	before := a.Client().ZRange(ctx, key, 0, -1).Val()
+	c, err := a.ListQueue.Consume(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range a.Client().ZRange(ctx, key, 0, -1).Val() {
+		if !slices.Contains(before, id) {
+			fmt.Println("CONSUMER", id)
+		}
+	}
+	return c, nil
 }
 
 // noAck never acknowledges: it announces each finished task and hangs.

@@ -112,6 +112,7 @@ type flags struct {
 	logFormat       string
 	progress        time.Duration
 	jsonOut         bool
+	all             bool
 	queue           string
 }
 
@@ -129,6 +130,7 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.progress, "progress", time.Second, "how often to print the progress line (0: never)")
 	fs.BoolVar(&f.jsonOut, "json", false, "operator commands: print JSON instead of a table")
 	fs.StringVar(&f.queue, "queue", broker.DefaultQueue, "operator commands: the queue of dead letters and tasks")
+	fs.BoolVar(&f.all, "all", false, "dead requeue: every dead letter of the queue")
 }
 
 func (f *flags) logger(w io.Writer) (*slog.Logger, error) {

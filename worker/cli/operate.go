@@ -86,9 +86,11 @@ func operate(ctx context.Context, b *broker.ListQueue, f *flags, cmd, sub string
 			{"AT", v.At.UTC().Format(time.RFC3339)}, {"REASON", v.Reason}, {"LABELS", jsonText(v.Labels)}, {"ARGS", jsonText(v.Args)}})
 	case "dead requeue":
 		id := ""
-		if len(args) == 1 && args[0] != "--all" {
+		switch {
+		case f.all && len(args) == 0, !f.all && len(args) == 1 && args[0] == "--all": // --all, or after "--"
+		case !f.all && len(args) == 1:
 			id = args[0]
-		} else if len(args) != 1 {
+		default:
 			return usageError{errors.New("want a task id, or --all")}
 		}
 		n, err := b.RequeueDead(ctx, f.queue, id)

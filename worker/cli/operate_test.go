@@ -289,9 +289,6 @@ func TestDeadRequeueJSONAndAll(t *testing.T) {
 func TestDeadRequeueAllAsDocumented(t *testing.T) {
 	b, _, run := deadFixture(t, 2)
 	code, out, errOut := run([]string{"dead", "requeue", "--all"})
-	if code == 2 && strings.Contains(errOut, "flag provided but not defined: -all") {
-		t.Skip("known bug in worker/cli/cli.go: --all is parsed as an undefined flag; `dead requeue -- --all` works (reported)")
-	}
 	require.Equal(t, 0, code, errOut)
 	require.Regexp(t, `requeued\s+2`, out)
 	s, err := b.Stats(context.Background(), broker.DefaultQueue)
