@@ -133,6 +133,31 @@ func TestRedisOutage(t *testing.T) {
 	require.NoError(t, c.Close(ctx))
 }
 
+// A kick honours its caller's deadline while Redis does not answer: its
+// batch is sent under that deadline (the latest of its callers'), not the
+// client's read timeout and retries.
+func TestKickHonoursItsDeadlineWhileRedisIsPaused(t *testing.T) {
+	srv := redistest.Start(t)
+	b, err := broker.NewListQueue(srv.URL(), broker.WithLogger(slog.New(slog.DiscardHandler)))
+	require.NoError(t, err)
+	defer b.Shutdown(context.Background())
+	kick(t, b, "loads the script")
+	admin := srv.Client(t)
+	require.NoError(t, admin.Do(context.Background(), "CLIENT", "PAUSE", 1000, "ALL").Err())
+	defer admin.Do(context.Background(), "CLIENT", "UNPAUSE")
+
+	var wg sync.WaitGroup
+	for range 8 { // one batch in flight, the others queued behind it
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			err := b.Kick(ctx, &broker.Message{TaskID: broker.NewTaskID(), TaskName: "paused", Args: []byte{0x80}})
+			require.ErrorIs(t, err, context.DeadlineExceeded, "not held until the pause ends")
+		})
+	}
+	wg.Wait()
+}
+
 func TestBadURLs(t *testing.T) {
 	for _, u := range []string{
 		"http://localhost",
@@ -215,13 +240,19 @@ func TestEveryKeySharesTheQueueHashTag(t *testing.T) {
 }
 
 // roundTrips counts the calls a client sends: a command or a pipeline each.
-type roundTrips struct{ n atomic.Int64 }
+// roundTrips counts round trips; with a delay, each takes at least that
+// long, so that concurrent callers overlap however busy the machine is.
+type roundTrips struct {
+	n     atomic.Int64
+	delay time.Duration
+}
 
 func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		if cmd.Name() != "hello" && cmd.Name() != "client" { // not a new connection's set-up
 			r.n.Add(1)
+			time.Sleep(r.delay)
 		}
 		return next(ctx, cmd)
 	}
@@ -230,6 +261,7 @@ func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		if len(cmds) > 0 && cmds[0].Name() != "hello" && cmds[0].Name() != "client" { // not a new connection's set-up
 			r.n.Add(1)
+			time.Sleep(r.delay)
 		}
 		return next(ctx, cmds)
 	}
@@ -242,7 +274,7 @@ func TestConcurrentKicksShareScriptCalls(t *testing.T) {
 	require.NoError(t, err)
 	ctx := context.Background()
 	require.NoError(t, b.Kick(ctx, &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}})) // loads the script
-	rt := &roundTrips{}
+	rt := &roundTrips{delay: time.Millisecond}
 	client.AddHook(rt)
 	const callers, each = 64, 20
 	var wg sync.WaitGroup

@@ -11,6 +11,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -31,6 +32,7 @@ type Coalescer[T any] struct {
 
 type entry[T any] struct {
 	item     T
+	deadline time.Time     // the caller's deadline; zero for none
 	done     chan struct{} // closed once the item's batch was flushed
 	promote  chan struct{} // closed when the caller must send the next batch
 	promoted bool          // promote is closed (guarded by mu)
@@ -40,7 +42,9 @@ type entry[T any] struct {
 // most parallel batches in flight (at least 1). Two let one batch be
 // answered while the next is sent. flush must handle every item it is given
 // (its results go through the items themselves); its context carries the
-// values of the caller that sends the batch, but never its cancellation.
+// values of the caller that sends the batch, never its cancellation, and
+// the latest deadline of the batch's callers, if every one has a deadline:
+// a batch is cut short only once no caller is left waiting for it.
 func NewCoalescer[T any](parallel int, flush func(ctx context.Context, items []T)) *Coalescer[T] {
 	return &Coalescer[T]{flush: flush, parallel: max(parallel, 1)}
 }
@@ -50,6 +54,7 @@ func NewCoalescer[T any](parallel int, flush func(ctx context.Context, items []T
 // is in flight is always waited for.
 func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
 	e := &entry[T]{item: item, done: make(chan struct{}), promote: make(chan struct{})}
+	e.deadline, _ = ctx.Deadline()
 	c.mu.Lock()
 	c.queue = append(c.queue, e)
 	lead := c.active < c.parallel
@@ -82,10 +87,22 @@ func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
 	c.mu.Unlock()
 	if len(queued) > 0 {
 		items := make([]T, len(queued))
+		latest := queued[0].deadline
 		for i, q := range queued {
 			items[i] = q.item
+			if latest.IsZero() || q.deadline.IsZero() {
+				latest = time.Time{}
+			} else if q.deadline.After(latest) {
+				latest = q.deadline
+			}
 		}
-		c.flush(context.WithoutCancel(ctx), items)
+		fctx := context.WithoutCancel(ctx)
+		if !latest.IsZero() {
+			var cancel context.CancelFunc
+			fctx, cancel = context.WithDeadline(fctx, latest)
+			defer cancel()
+		}
+		c.flush(fctx, items)
 		for _, q := range queued {
 			close(q.done)
 		}

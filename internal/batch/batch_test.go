@@ -16,7 +16,13 @@ import (
 
 func TestMain(m *testing.M) { redistest.Main(m) }
 
-type pipelineCounter struct{ pipelines, cmds atomic.Int64 }
+// pipelineCounter counts pipelines and their commands; with a delay, each
+// pipeline takes at least that long, as a slow round trip would, so that
+// concurrent callers overlap however busy the machine is.
+type pipelineCounter struct {
+	pipelines, cmds atomic.Int64
+	delay           time.Duration
+}
 
 func (c *pipelineCounter) DialHook(next redis.DialHook) redis.DialHook          { return next }
 func (c *pipelineCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
@@ -25,6 +31,7 @@ func (c *pipelineCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) re
 		if len(cmds) > 0 && cmds[0].Name() != "hello" && cmds[0].Name() != "client" { // not a connection set-up
 			c.pipelines.Add(1)
 			c.cmds.Add(int64(len(cmds)))
+			time.Sleep(c.delay)
 		}
 		return next(ctx, cmds)
 	}
@@ -32,7 +39,7 @@ func (c *pipelineCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) re
 
 func TestConcurrentCallsShareRoundTrips(t *testing.T) {
 	client := redistest.Shared(t).Client(t)
-	counter := &pipelineCounter{}
+	counter := &pipelineCounter{delay: time.Millisecond}
 	client.AddHook(counter)
 	p := batch.New(client)
 	prefix := redistest.Prefix(t)
@@ -148,4 +155,45 @@ func TestCoalescerWaiterWhoseContextEndsIsNotFlushed(t *testing.T) {
 	require.NoError(t, <-leaderDone)
 	require.NoError(t, c.Do(context.Background(), "next"), "the slot was handed back")
 	require.Equal(t, []string{"leader", "next"}, flushed)
+}
+
+func TestCoalescerBatchKeepsItsCallersLatestDeadline(t *testing.T) {
+	got := make(chan time.Time, 1)
+	release := make(chan struct{})
+	c := batch.NewCoalescer(1, func(ctx context.Context, items []string) {
+		if items[0] == "leader" {
+			<-release
+			return
+		}
+		d, _ := ctx.Deadline()
+		got <- d
+	})
+	leaderDone := make(chan error)
+	go func() { leaderDone <- c.Do(context.Background(), "leader") }()
+	time.Sleep(10 * time.Millisecond) // the leader's batch is in flight
+
+	// Two callers with deadlines queue behind it: their batch carries the
+	// later one.
+	soon, later := time.Now().Add(time.Hour), time.Now().Add(2*time.Hour)
+	var wg sync.WaitGroup
+	for _, d := range []time.Time{soon, later} {
+		wg.Go(func() {
+			ctx, cancel := context.WithDeadline(context.Background(), d)
+			defer cancel()
+			require.NoError(t, c.Do(ctx, "with deadline"))
+		})
+	}
+	time.Sleep(10 * time.Millisecond)
+	close(release)
+	require.NoError(t, <-leaderDone)
+	require.True(t, (<-got).Equal(later), "the batch is cut only once every caller's deadline is past")
+	wg.Wait()
+
+	// A caller without a deadline makes a batch without one.
+	ctx, cancel := context.WithDeadline(context.Background(), soon)
+	defer cancel()
+	require.NoError(t, c.Do(ctx, "alone with a deadline"))
+	require.True(t, (<-got).Equal(soon))
+	require.NoError(t, c.Do(context.Background(), "no deadline"))
+	require.True(t, (<-got).IsZero())
 }

@@ -13,8 +13,10 @@ package dedup
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -301,9 +303,12 @@ func (m *Middleware) PostSend(ctx context.Context, msg *broker.Message) {
 	}
 }
 
-// OnSendError releases the lock at once when the send failed. A lock the
-// broker was to take in its enqueue script is left alone: the script either
-// did not run, or ran and queued the task.
+// OnSendError releases the lock at once when the send failed. A send cut
+// by its context or a network timeout may have reached Redis all the same:
+// its lock is kept and expires with the grace TTL, so that a task queued
+// after all is not joined by a duplicate. A lock the broker was to take in
+// its enqueue script is left alone: the script either did not run, or ran
+// and queued the task.
 func (m *Middleware) OnSendError(ctx context.Context, msg *broker.Message, err error) {
 	key, ok := msg.Labels.String(LabelLock)
 	if !ok {
@@ -313,7 +318,21 @@ func (m *Middleware) OnSendError(ctx context.Context, msg *broker.Message, err e
 		m.stats.taken.Add(-1)
 		return
 	}
+	if mayHaveBeenSent(err) {
+		m.log.Warn("kiq: a send was cut short and may have reached the broker; its deduplication lock expires with the grace TTL",
+			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.String("task_id", msg.TaskID), slog.Any("error", err))
+		return
+	}
 	m.release(ctx, msg.TaskName, key, msg.TaskID)
+}
+
+// mayHaveBeenSent reports whether err leaves a send's outcome unknown: the
+// caller's context ended, or the connection timed out, while the message
+// may have been written.
+func mayHaveBeenSent(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.As(err, &ne) && ne.Timeout()
 }
 
 func (m *Middleware) release(ctx context.Context, taskName, key, taskID string) {

@@ -3,6 +3,7 @@ package dedup_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -183,6 +184,28 @@ func TestSendFailureReleasesTheLockAtOnce(t *testing.T) {
 	fb.err = nil
 	_, err = tk.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
 	require.NoError(t, err, "the fingerprint is free for the next try")
+}
+
+// A send cut by its deadline may have reached the broker: its lock is kept
+// for the grace TTL rather than released, so that no duplicate joins a task
+// queued after all.
+func TestSendOfUnknownOutcomeKeepsTheLockForTheGrace(t *testing.T) {
+	e := newEnv(t)
+	mw := e.middleware(t)
+	fb := &failingBroker{InMemory: broker.NewInMemory(), err: fmt.Errorf("kiq: kick: %w", context.DeadlineExceeded)}
+	fb.WithMiddlewares(mw)
+	tk := task.Define(fb, "send_welcome_email", func(context.Context, WelcomeArgs) error { return nil })
+	ctx := context.Background()
+
+	_, err := tk.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	ttl := e.client.PTTL(ctx, e.prefix+":"+welcomeFingerprint).Val()
+	require.Greater(t, ttl, time.Duration(0), "the lock is kept")
+	require.LessOrEqual(t, ttl, 10*time.Second, "for the grace TTL only")
+	fb.err = nil
+	_, err = tk.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
+	var dup *dedup.DuplicateTaskError
+	require.ErrorAs(t, err, &dup, "the fingerprint is held until the grace TTL ends")
 }
 
 func TestOnlyTheOwnerReleases(t *testing.T) {
