@@ -458,6 +458,44 @@ func TestLockTakenInTheKickScript(t *testing.T) {
 	require.Equal(t, third.TaskID, fetchAll(t, c, 1)[0].ID)
 }
 
+// A kick whose task id exists already is refused and leaves the lock as it
+// found it: a lock it took is deleted, a lock it took over goes back to
+// its holder with the TTL that holder had left; a kick of the lock's own
+// holder again is the task that exists.
+func TestKickOfAnExistingIDLeavesItsLockAsItWas(t *testing.T) {
+	client := redistest.Shared(t).Client(t)
+	b, err := broker.NewListQueue("", broker.WithClient(client), broker.WithKeyPrefix(redistest.Prefix(t)))
+	require.NoError(t, err)
+	ctx := context.Background()
+	queued := &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}}
+	require.NoError(t, b.Kick(ctx, queued), "queued without a lock")
+
+	free := lockMsg(client, b.KeyPrefix()+":free")
+	free.TaskID = queued.TaskID
+	require.ErrorIs(t, b.Kick(ctx, free), broker.ErrTaskExists)
+	require.Zero(t, client.Exists(ctx, free.Lock.Key).Val(), "the lock it took is deleted")
+
+	stale, gone := b.KeyPrefix()+":stale", broker.NewTaskID() // held by a task that exists nowhere
+	require.NoError(t, client.Set(ctx, stale, gone, 30*time.Second).Err())
+	over := lockMsg(client, stale)
+	over.TaskID = queued.TaskID
+	over.Lock.TakenOver = func(string) { t.Error("no takeover is reported") }
+	require.ErrorIs(t, b.Kick(ctx, over), broker.ErrTaskExists)
+	require.Equal(t, gone, client.Get(ctx, stale).Val(), "the lock goes back to its holder")
+	require.InDelta(t, 30*time.Second, client.PTTL(ctx, stale).Val(), float64(time.Second), "with its TTL")
+
+	holder := lockMsg(client, b.KeyPrefix()+":own")
+	require.NoError(t, b.Kick(ctx, holder))
+	again := lockMsg(client, holder.Lock.Key)
+	again.TaskID = holder.TaskID
+	require.ErrorIs(t, b.Kick(ctx, again), broker.ErrTaskExists, "its own lock: the task exists")
+	require.Equal(t, holder.TaskID, client.Get(ctx, holder.Lock.Key).Val())
+
+	stats, err := b.Stats(ctx, broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), stats.Pending, "nothing was queued twice")
+}
+
 func TestLockWithinItsGraceIsNotTakenOver(t *testing.T) {
 	b := newListQueue(t)
 	ctx := context.Background()

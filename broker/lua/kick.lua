@@ -30,22 +30,35 @@ local now
 local wake = false
 for i = 1, #ARGV, 6 do
   local id, lock = ARGV[i], tonumber(ARGV[i + 3])
-  local code, holder = 1, ''
-  if redis.call('HEXISTS', KEYS[1], id) == 1 then
-    code = -1
-  elseif lock > 0 and not redis.call('SET', KEYS[lock], id, 'NX', 'PX', ARGV[i + 4]) then
+  local code, holder, pttl = 1, '', nil
+  if lock > 0 and not redis.call('SET', KEYS[lock], id, 'NX', 'PX', ARGV[i + 4]) then
     holder = redis.call('GET', KEYS[lock])
     local grace = tonumber(ARGV[i + 5])
-    if grace < 0 or not generated(holder) or redis.call('HEXISTS', KEYS[1], holder) == 1
-      or redis.call('PTTL', KEYS[lock]) <= grace then
-      code = 0
+    if holder == id then
+      code, holder = -1, '' -- this very task holds its lock: it was kicked already
+    elseif grace >= 0 and generated(holder) and redis.call('HEXISTS', KEYS[1], holder) == 0 then
+      pttl = redis.call('PTTL', KEYS[lock])
+      if pttl > grace then
+        redis.call('SET', KEYS[lock], id, 'PX', ARGV[i + 4])
+        code = 2
+      else
+        code = 0
+      end
     else
-      redis.call('SET', KEYS[lock], id, 'PX', ARGV[i + 4])
-      code = 2
+      code = 0
     end
   end
+  -- HSETNX both stores the message and finds a task id that exists already;
+  -- the lock this call took for it, if any, is then put back as it was.
+  if code > 0 and redis.call('HSETNX', KEYS[1], id, ARGV[i + 1]) == 0 then
+    if code == 2 then
+      redis.call('SET', KEYS[lock], holder, 'PX', pttl)
+    elseif lock > 0 then
+      redis.call('DEL', KEYS[lock])
+    end
+    code, holder = -1, ''
+  end
   if code > 0 then
-    redis.call('HSET', KEYS[1], id, ARGV[i + 1])
     local delay = tonumber(ARGV[i + 2])
     if delay > 0 then
       if not now then
