@@ -2,9 +2,12 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/kiq-go/kiq/broker"
 	"github.com/kiq-go/kiq/internal/redistest"
@@ -67,4 +70,50 @@ func benchDrain(b *testing.B, br broker.Broker, conc int) {
 	b.StopTimer()
 	cancel()
 	<-stopped
+}
+
+// BenchmarkInFlightMemory measures what a worker holds per task in flight:
+// b.N tasks blocked in their handler on the Redis list broker, with
+// Concurrency b.N, reported as goroutine stack and heap bytes per task. A
+// task's goroutine keeps the stack of its deepest call so far, as long as
+// it uses more than a quarter of it while blocked (past that, the GC
+// halves it), so the worker's frames under the handler are kept small.
+func BenchmarkInFlightMemory(b *testing.B) {
+	q, err := broker.NewListQueue(redistest.Shared(b).URL(), broker.WithKeyPrefix(redistest.Prefix(b)), broker.WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer q.Shutdown(context.Background())
+	var running atomic.Int64
+	block := make(chan struct{})
+	tk := task.Define(q, "blocked", func(ctx context.Context, a SumArgs) error {
+		running.Add(1)
+		<-block
+		return nil
+	})
+	args := make([]SumArgs, b.N)
+	if _, errs := tk.KiqMany(context.Background(), args); errors.Join(errs...) != nil {
+		b.Fatal(errors.Join(errs...))
+	}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	b.ResetTimer()
+	w := worker.New(q, worker.Options{Concurrency: b.N, Logger: quiet})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	for running.Load() < int64(b.N) {
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(after.StackInuse-before.StackInuse)/float64(b.N), "stack-B/task")
+	b.ReportMetric((float64(after.HeapInuse)-float64(before.HeapInuse))/float64(b.N), "heap-B/task")
+	close(block)
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
 }

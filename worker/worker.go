@@ -530,44 +530,60 @@ func (r *run) execLoop() {
 	}
 }
 
-// execute runs one delivery and settles it.
+// execute runs one delivery and settles it. It is kept lean, its cold
+// paths in functions of their own: its frame stays on the stack while the
+// task runs, and with ten thousand tasks in flight every byte counts (a
+// goroutine that uses under a quarter of its stack is shrunk by the GC).
 func (r *run) execute(d *broker.Delivery) {
-	w := r.w
 	if d.Message == nil {
-		reason := "undecodable message"
-		if d.Err != nil {
-			reason += ": " + d.Err.Error()
-		}
-		r.saveFailure(&broker.TaskResult{TaskID: d.ID, Error: reason, ErrorKind: "malformed"}, 0)
-		r.deadLetter(d, reason)
+		r.undecodable(d)
 		return
 	}
-	msg := d.Message
-	h, ok := r.registry.Lookup(msg.TaskName)
+	h, ok := r.registry.Lookup(d.Message.TaskName)
 	if !ok {
-		reason := fmt.Sprintf("unknown task %q", msg.TaskName)
-		r.saveFailure(&broker.TaskResult{TaskID: msg.TaskID, TaskName: msg.TaskName, Attempt: msg.Attempt,
-			Error: reason, ErrorKind: "unknown_task"}, resultTTL(msg))
-		r.deadLetter(d, reason)
+		r.unknownTask(d)
 		return
 	}
-	timeout, _ := msg.Labels.Duration(broker.LabelTimeout)
-
-	w.stats.running.Add(1)
-	res := r.executeChain(msg, func(ctx context.Context) (any, error) {
-		if timeout > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, timeout)
-			defer cancel()
-		}
-		return call(ctx, h, msg)
-	})
+	r.w.stats.running.Add(1)
+	res := r.executeChain(d.Message, h)
 	interrupted := res.Err != nil && r.taskCtx.Err() != nil
 	if r.results != nil && !interrupted && (res.Err == nil || !res.Retry) {
-		r.saveResult(msg, res)
+		r.saveResult(d.Message, res)
 	}
-	w.stats.running.Add(-1)
+	r.w.stats.running.Add(-1)
+	if res.Err == nil {
+		r.acks.add(d)
+		r.w.stats.done.Add(1) // after add: a task counted done has its ack under way
+		return
+	}
+	r.failed(d, res, interrupted)
+}
 
+// undecodable dead-letters a delivery whose message did not decode.
+func (r *run) undecodable(d *broker.Delivery) {
+	reason := "undecodable message"
+	if d.Err != nil {
+		reason += ": " + d.Err.Error()
+	}
+	r.saveFailure(&broker.TaskResult{TaskID: d.ID, Error: reason, ErrorKind: "malformed"}, 0)
+	r.deadLetter(d, reason)
+}
+
+// unknownTask dead-letters a delivery of a task no handler is registered
+// for.
+func (r *run) unknownTask(d *broker.Delivery) {
+	msg := d.Message
+	reason := fmt.Sprintf("unknown task %q", msg.TaskName)
+	r.saveFailure(&broker.TaskResult{TaskID: msg.TaskID, TaskName: msg.TaskName, Attempt: msg.Attempt,
+		Error: reason, ErrorKind: "unknown_task"}, resultTTL(msg))
+	r.deadLetter(d, reason)
+}
+
+// failed settles a delivery whose task failed: it is handed back when the
+// shutdown interrupted it, retried when the chain decided so, and
+// dead-lettered otherwise.
+func (r *run) failed(d *broker.Delivery, res *middleware.Result, interrupted bool) {
+	w, msg := r.w, d.Message
 	if pe, ok := errors.AsType[*PanicError](res.Err); ok {
 		w.log.Error("kiq: task panicked", slog.String("task_name", msg.TaskName), slog.String("task_id", msg.TaskID),
 			slog.Any("panic", pe.Value), slog.String("stack", string(pe.Stack)))
@@ -576,9 +592,6 @@ func (r *run) execute(d *broker.Delivery) {
 			slog.String("middleware", mp.Middleware), slog.String("hook", mp.Hook), slog.Any("panic", mp.Value), slog.String("stack", string(mp.Stack)))
 	}
 	switch {
-	case res.Err == nil:
-		r.acks.add(d)
-		w.stats.done.Add(1) // after add: a task counted done has its ack under way
 	case interrupted:
 		// Cancelled by the shutdown timeout: not the task's failure.
 		w.log.Info("kiq: task interrupted by the shutdown; handing it back", slog.String("task_name", msg.TaskName),
@@ -611,17 +624,24 @@ func (r *run) execute(d *broker.Delivery) {
 	}
 }
 
-// executeChain runs the middleware chain around f. The chain recovers its
-// hooks' panics itself (the handler's are recovered by call); any other
-// panic fails the task with a *PanicError, without a retry, instead of
-// crashing the worker.
-func (r *run) executeChain(msg *broker.Message, f func(context.Context) (any, error)) (res *middleware.Result) {
+// executeChain runs the middleware chain around h, under the task's
+// timeout label if it has one. The chain recovers its hooks' panics itself
+// (the handler's are recovered by call); any other panic fails the task
+// with a *PanicError, without a retry, instead of crashing the worker.
+func (r *run) executeChain(msg *broker.Message, h broker.Handler) (res *middleware.Result) {
 	defer func() {
 		if p := recover(); p != nil {
 			res = &middleware.Result{Err: &PanicError{Value: p, Stack: debug.Stack()}}
 		}
 	}()
-	return r.chain.Execute(r.taskCtx, msg, f)
+	return r.chain.Execute(r.taskCtx, msg, func(ctx context.Context) (any, error) {
+		if timeout, _ := msg.Labels.Duration(broker.LabelTimeout); timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		return call(ctx, h, msg)
+	})
 }
 
 // call runs the handler, turning a panic into a *PanicError.
