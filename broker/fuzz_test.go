@@ -3,6 +3,7 @@ package broker_test
 import (
 	"bytes"
 	"errors"
+	"runtime"
 	"testing"
 
 	"github.com/kiq-go/kiq/broker"
@@ -38,6 +39,66 @@ func TestHugeDeclaredLengthsAreRefused(t *testing.T) {
 		var v any
 		require.ErrorIs(t, broker.Msgpack.DecodeArgs(raw, &v), broker.ErrMalformed)
 	}
+}
+
+// msgpack reads an extension's header as a wrapper where it expects a map,
+// and preallocates a map of the length declared after it, which lies
+// outside what the extension declares (so the length check never saw it).
+// Labels, and maps of interface values in arguments, refuse an extension
+// where their map belongs: seven bytes must not make the decoder allocate
+// gigabytes.
+func TestAnExtensionWhereAMapBelongsIsRefused(t *testing.T) {
+	ext := []byte{0xd4, 0x30, 0xdf, 0x10, 0x30, 0x30, 0x30} // fixext1, then a map32 of 271 million entries
+	withKey := func(key string) []byte {
+		return append(append([]byte{0x81, byte(0xa0 + len(key))}, key...), ext...)
+	}
+	envelope := append([]byte{0x83, 0xa7}, "task_id"...)
+	envelope = append(envelope, 0xa1, 'i', 0xa9)
+	envelope = append(envelope, "task_name"...)
+	envelope = append(envelope, 0xa1, 't', 0xa6)
+	envelope = append(envelope, "labels"...)
+	envelope = append(envelope, ext...)
+	type meta struct {
+		Meta map[string]any `msgpack:"meta"`
+	}
+	type untyped struct {
+		M map[any]any `msgpack:"m"`
+	}
+	for name, decode := range map[string]func() error{
+		"labels": func() error { _, err := broker.Msgpack.DecodeMessage(envelope); return err },
+		"a map[string]any field": func() error {
+			var v meta
+			return broker.Msgpack.DecodeArgs(withKey("meta"), &v)
+		},
+		"a map[any]any field": func() error {
+			var v untyped
+			return broker.Msgpack.DecodeArgs(withKey("m"), &v)
+		},
+		"map[string]any arguments": func() error {
+			var v map[string]any
+			return broker.Msgpack.DecodeArgs(ext, &v)
+		},
+	} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		err := decode()
+		runtime.ReadMemStats(&after)
+		require.ErrorIs(t, err, broker.ErrMalformed, name)
+		require.ErrorContains(t, err, "extension", name)
+		require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(1<<20), "%s: allocated %d bytes", name, after.TotalAlloc-before.TotalAlloc)
+	}
+	// Maps still decode as before, nil ones included.
+	var v meta
+	require.NoError(t, broker.Msgpack.DecodeArgs([]byte{0x81, 0xa4, 'm', 'e', 't', 'a', 0x81, 0xa1, 'a', 0x01}, &v))
+	require.Equal(t, map[string]any{"a": int64(1)}, v.Meta)
+	require.NoError(t, broker.Msgpack.DecodeArgs([]byte{0x81, 0xa4, 'm', 'e', 't', 'a', 0xc0}, &v))
+	require.Nil(t, v.Meta)
+	var m map[string]any
+	require.NoError(t, broker.Msgpack.DecodeArgs([]byte{0x81, 0xa1, 'a', 0x92, 0x01, 0xa1, 'x'}, &m))
+	require.Equal(t, map[string]any{"a": []any{int64(1), "x"}}, m)
+	var u untyped
+	require.NoError(t, broker.Msgpack.DecodeArgs([]byte{0x81, 0xa1, 'm', 0x81, 0x01, 0x02}, &u))
+	require.Equal(t, map[any]any{int64(1): int64(2)}, u.M)
 }
 
 func FuzzDecodeMessage(f *testing.F) {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Labels are the key/value metadata that travel with a task: Taskiq's labels.
@@ -16,6 +18,16 @@ import (
 // not whole), strings as string and lists as []string. Unknown labels travel
 // untouched, for user middlewares.
 type Labels map[string]any
+
+// DecodeMsgpack implements msgpack.CustomDecoder: labels decode as msgpack
+// decodes a map[string]any, except that an extension value where their map
+// belongs is refused (see decodeMap: seven hostile bytes could otherwise
+// make every worker that fetched the message allocate gigabytes).
+func (l *Labels) DecodeMsgpack(d *msgpack.Decoder) error {
+	m, err := decodeMap(d)
+	*l = m
+	return err
+}
 
 // LabelKind is the type of a known label.
 type LabelKind int

@@ -273,7 +273,17 @@ func (msgpackFormatter) DecodeArgs(b []byte, v any) error {
 	if err := checkMsgpack(b); err != nil {
 		return fmt.Errorf("%w: arguments: %v", ErrMalformed, err)
 	}
-	if err := newDecoder(b).Decode(v); err != nil {
+	d := newDecoder(b)
+	if m, ok := v.(*map[string]any); ok {
+		// msgpack decodes into a *map[string]any without its registered
+		// decoder (see decodeMap); its own decoder is used instead.
+		var err error
+		if *m, err = decodeMap(d); err != nil {
+			return fmt.Errorf("%w: arguments: %v", ErrMalformed, err)
+		}
+		return nil
+	}
+	if err := d.Decode(v); err != nil {
 		return fmt.Errorf("%w: arguments: %v", ErrMalformed, err)
 	}
 	return nil

@@ -3,6 +3,10 @@ package broker
 import (
 	"encoding/binary"
 	"errors"
+	"reflect"
+
+	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
 // maxMsgpackDepth bounds the nesting of decoded input.
@@ -106,4 +110,51 @@ func checkMsgpack(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// msgpack reads past an extension's header for a map header wherever it
+// decodes a map, and preallocates the map at the length declared there:
+// bytes that checkMsgpack counts as the extension's data, so their length
+// was never checked. For maps of interface values the preallocation is not
+// capped either: seven hostile bytes ask for gigabytes. The maps Kiq
+// decodes, labels and the map[string]any and map[any]any in arguments and
+// results (msgpack decodes every such field through its registered
+// decoder, process-wide), refuse an extension where the map belongs;
+// otherwise they decode as msgpack decodes them.
+func init() {
+	msgpack.Register(map[string]any(nil), nil, func(d *msgpack.Decoder, v reflect.Value) error {
+		m, err := decodeMap(d)
+		v.Set(reflect.ValueOf(m))
+		return err
+	})
+	msgpack.Register(map[any]any(nil), nil, func(d *msgpack.Decoder, v reflect.Value) error {
+		if err := refuseExtension(d); err != nil {
+			return err
+		}
+		m, err := d.DecodeUntypedMap()
+		v.Set(reflect.ValueOf(m))
+		return err
+	})
+}
+
+var errExtensionForMap = errors.New("an extension value where a map belongs")
+
+func refuseExtension(d *msgpack.Decoder) error {
+	c, err := d.PeekCode()
+	if err != nil {
+		return err
+	}
+	if msgpcode.IsExt(c) {
+		return errExtensionForMap
+	}
+	return nil
+}
+
+// decodeMap decodes a map[string]any as msgpack does, refusing an
+// extension where the map belongs.
+func decodeMap(d *msgpack.Decoder) (map[string]any, error) {
+	if err := refuseExtension(d); err != nil {
+		return nil, err
+	}
+	return d.DecodeMap()
 }
