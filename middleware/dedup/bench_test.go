@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/kiq-go/kiq/broker"
+	"github.com/kiq-go/kiq/internal/pyjson"
 	"github.com/kiq-go/kiq/internal/redistest"
 	"github.com/kiq-go/kiq/middleware/dedup"
 	"github.com/kiq-go/kiq/task"
@@ -48,5 +49,32 @@ func BenchmarkKiq(b *testing.B) {
 				}
 			}
 		})
+	})
+}
+
+// BenchmarkFingerprintOfArguments measures a lock key's fingerprint from
+// encoded arguments: read straight from the msgpack bytes, as the
+// middleware does, and through the generic path it falls back on (decode
+// the arguments, then the canonical JSON of the values).
+func BenchmarkFingerprintOfArguments(b *testing.B) {
+	raw, err := broker.Msgpack.EncodeArgs(map[string]any{"user_id": 42, "locale": "en", "tags": []any{"a", "b"}, "score": 0.5})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("from=bytes", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok := pyjson.FingerprintMsgpack("send_welcome_email", raw); !ok {
+				b.Fatal("not read from the bytes")
+			}
+		}
+	})
+	b.Run("from=decoded", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := slowFingerprint("send_welcome_email", raw); err != nil {
+				b.Fatal(err)
+			}
+		}
 	})
 }

@@ -29,6 +29,11 @@ func Fingerprint(name string, kwargs map[string]any) (string, error) {
 // to fields when fields is not nil. Arguments that are not a map (a task
 // taking a slice, say) are fingerprinted as one positional argument.
 func fingerprintArgs(f broker.Formatter, name string, raw []byte, fields []string, warn func(missing string)) (string, error) {
+	if fields == nil && f == broker.Msgpack {
+		if fp, ok := pyjson.FingerprintMsgpack(name, raw); ok { // straight from the bytes
+			return fp, nil
+		}
+	}
 	var args any
 	if err := f.DecodeArgs(raw, &args); err != nil {
 		return "", err
