@@ -82,18 +82,26 @@ func Append(dst []byte, v any) ([]byte, error) {
 // hashlib.sha256(json.dumps({"task":name,"args":[],"kwargs":kwargs}, sort_keys=True).encode()).hexdigest()[:16].
 // A nil kwargs is read as an empty map.
 func Fingerprint(name string, kwargs map[string]any) (string, error) {
+	return fingerprint(name, func(buf []byte) ([]byte, error) {
+		if kwargs == nil {
+			return append(buf, "{}"...), nil
+		}
+		return appendMap(buf, kwargs, 1)
+	})
+}
+
+// fingerprint returns the fingerprint of the document whose kwargs appends
+// to a pooled buffer: the first 16 hex digits of the SHA-256 of
+// {"args": [], "kwargs": …, "task": name}, with the keys in sorted order.
+func fingerprint(name string, kwargs func(buf []byte) ([]byte, error)) (string, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer func() {
 		if cap(*bp) <= maxPooled {
 			bufPool.Put(bp)
 		}
 	}()
-	// The keys in sorted order: args, kwargs, task.
-	buf := append((*bp)[:0], `{"args": [], "kwargs": `...)
-	var err error
-	if kwargs == nil {
-		buf = append(buf, "{}"...)
-	} else if buf, err = appendMap(buf, kwargs, 1); err != nil {
+	buf, err := kwargs(append((*bp)[:0], `{"args": [], "kwargs": `...))
+	if err != nil {
 		return "", err
 	}
 	buf = append(buf, `, "task": `...)
@@ -104,7 +112,7 @@ func Fingerprint(name string, kwargs map[string]any) (string, error) {
 	return hex.EncodeToString(sum[:8]), nil
 }
 
-// bufPool holds the buffers of Fingerprint, but none larger than
+// bufPool holds the buffers of fingerprint, but none larger than
 // maxPooled, so one huge document does not stay in memory.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 

@@ -1,9 +1,8 @@
 package pyjson
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
+	"errors"
 	"math"
 	"slices"
 	"strconv"
@@ -28,24 +27,17 @@ func FingerprintMsgpack(name string, raw []byte) (fp string, ok bool) {
 	if len(raw) == 0 || !isMap(raw[0]) {
 		return "", false
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer func() {
-		if cap(*bp) <= maxPooled {
-			bufPool.Put(bp)
+	fp, err := fingerprint(name, func(buf []byte) ([]byte, error) {
+		buf, rest, ok := appendMsgpack(buf, raw, 1)
+		if !ok || len(rest) != 0 {
+			return nil, errNotRead
 		}
-	}()
-	buf := append((*bp)[:0], `{"args": [], "kwargs": `...)
-	buf, rest, ok := appendMsgpack(buf, raw, 1)
-	if !ok || len(rest) != 0 {
-		return "", false
-	}
-	buf = append(buf, `, "task": `...)
-	buf = appendString(buf, name)
-	buf = append(buf, '}')
-	*bp = buf
-	sum := sha256.Sum256(buf)
-	return hex.EncodeToString(sum[:8]), true
+		return buf, nil
+	})
+	return fp, err == nil
 }
+
+var errNotRead = errors.New("pyjson: left to the decoder")
 
 // maxMsgpackDepth bounds the nesting FingerprintMsgpack follows itself.
 const maxMsgpackDepth = 64

@@ -25,43 +25,29 @@ func slowFingerprint(name string, raw []byte) (string, error) {
 // unusual, also the kinds FingerprintMsgpack leaves to the decoder
 // (NaN, infinities, keys of invalid UTF-8).
 func genArg(depth int, unusual bool) *rapid.Generator[any] {
-	return rapid.Custom(func(t *rapid.T) any {
-		kinds := 11
-		if depth >= 3 {
-			kinds = 9 // scalars only
-		}
-		switch rapid.IntRange(0, kinds-1).Draw(t, "kind") {
-		case 0:
-			return nil
-		case 1:
-			return rapid.Bool().Draw(t, "bool")
-		case 2:
-			return rapid.Int64().Draw(t, "int")
-		case 3:
-			return rapid.Uint64().Draw(t, "uint")
-		case 4:
-			return rapid.SampledFrom([]any{int8(-5), int16(-300), int32(-70000), uint8(200), uint16(60000), uint32(1 << 31)}).Draw(t, "sized")
-		case 5:
-			f := rapid.Float64().Draw(t, "float")
-			if !unusual && (math.IsNaN(f) || math.IsInf(f, 0)) {
-				f = -0.0
-			}
-			return f
-		case 6:
-			f := rapid.Float32().Draw(t, "float32")
-			if !unusual && (math.IsNaN(float64(f)) || math.IsInf(float64(f), 0)) {
-				f = 0.1
-			}
-			return f
-		case 7:
-			return rapid.String().Draw(t, "string")
-		case 8:
-			return rapid.SliceOfN(rapid.Byte(), 0, 8).Draw(t, "bytes") // bin: a string to the loose decoder
-		case 9:
-			return rapid.SliceOfN(genArg(depth+1, unusual), 0, 4).Draw(t, "list")
-		}
-		return genKwargs(depth+1, unusual).Draw(t, "map")
-	})
+	float := rapid.Float64()
+	f32 := rapid.Float32()
+	if !unusual {
+		float = rapid.Float64().Filter(func(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) })
+		f32 = rapid.Float32().Filter(func(f float32) bool { return !math.IsNaN(float64(f)) && !math.IsInf(float64(f), 0) })
+	}
+	kinds := []*rapid.Generator[any]{
+		rapid.Just[any](nil),
+		rapid.Bool().AsAny(),
+		rapid.Int64().AsAny(),
+		rapid.Uint64().AsAny(),
+		rapid.SampledFrom([]any{int8(-5), int16(-300), int32(-70000), uint8(200), uint16(60000), uint32(1 << 31)}),
+		float.AsAny(),
+		f32.AsAny(),
+		rapid.String().AsAny(),
+		rapid.SliceOfN(rapid.Byte(), 0, 8).AsAny(), // bin: a string to the loose decoder
+	}
+	if depth < 3 {
+		kinds = append(kinds,
+			rapid.Deferred(func() *rapid.Generator[[]any] { return rapid.SliceOfN(genArg(depth+1, unusual), 0, 4) }).AsAny(),
+			rapid.Deferred(func() *rapid.Generator[map[string]any] { return genKwargs(depth+1, unusual) }).AsAny())
+	}
+	return rapid.OneOf(kinds...)
 }
 
 func genKwargs(depth int, unusual bool) *rapid.Generator[map[string]any] {
