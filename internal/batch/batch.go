@@ -87,17 +87,17 @@ func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
 	c.mu.Unlock()
 	if len(queued) > 0 {
 		items := make([]T, len(queued))
-		latest := queued[0].deadline
+		var latest time.Time
+		bounded := true // every caller has a deadline
 		for i, q := range queued {
 			items[i] = q.item
-			if latest.IsZero() || q.deadline.IsZero() {
-				latest = time.Time{}
-			} else if q.deadline.After(latest) {
+			bounded = bounded && !q.deadline.IsZero()
+			if q.deadline.After(latest) {
 				latest = q.deadline
 			}
 		}
 		fctx := context.WithoutCancel(ctx)
-		if !latest.IsZero() {
+		if bounded {
 			var cancel context.CancelFunc
 			fctx, cancel = context.WithDeadline(fctx, latest)
 			defer cancel()

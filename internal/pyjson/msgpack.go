@@ -80,22 +80,13 @@ func appendMsgpack(dst, b []byte, depth int) (out, rest []byte, ok bool) {
 		shift := 64 - 8*size // sign-extend
 		return strconv.AppendInt(dst, int64(n<<shift)>>shift, 10), b, ok
 	case 0xca, 0xcb: // float 32, 64
-		var f float64
+		n, b, ok := readUint(b, 4<<(c-0xca))
+		f := math.Float64frombits(n)
 		if c == 0xca {
-			n, rest, ok := readUint(b, 4)
-			if !ok {
-				return nil, nil, false
-			}
-			f, b = float64(math.Float32frombits(uint32(n))), rest
-		} else {
-			n, rest, ok := readUint(b, 8)
-			if !ok {
-				return nil, nil, false
-			}
-			f, b = math.Float64frombits(n), rest
+			f = float64(math.Float32frombits(uint32(n)))
 		}
 		out, err := appendFloat(dst, f)
-		return out, b, err == nil
+		return out, b, ok && err == nil
 	case 0xd9, 0xda, 0xdb, 0xc4, 0xc5, 0xc6: // str 8, 16, 32; bin 8, 16, 32
 		n, b, ok := readLen(b, c)
 		if !ok {
