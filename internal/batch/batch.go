@@ -32,10 +32,11 @@ type Coalescer[T any] struct {
 
 type entry[T any] struct {
 	item     T
-	deadline time.Time     // the caller's deadline; zero for none
-	done     chan struct{} // closed once the item's batch was flushed
-	promote  chan struct{} // closed when the caller must send the next batch
-	promoted bool          // promote is closed (guarded by mu)
+	deadline time.Time // the caller's deadline; zero for none
+	// signal gets true once the item's batch was flushed, after a false if
+	// the caller was promoted to send the next batch.
+	signal chan bool
+	leads  bool // the caller holds a slot (guarded by mu)
 }
 
 // NewCoalescer returns a coalescer that passes batches to flush, with at
@@ -53,30 +54,28 @@ func NewCoalescer[T any](parallel int, flush func(ctx context.Context, items []T
 // error if ctx ended before the item went into a batch. An item whose batch
 // is in flight is always waited for.
 func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
-	e := &entry[T]{item: item, done: make(chan struct{}), promote: make(chan struct{})}
+	e := &entry[T]{item: item, signal: make(chan bool, 2)}
 	e.deadline, _ = ctx.Deadline()
 	c.mu.Lock()
 	c.queue = append(c.queue, e)
-	lead := c.active < c.parallel
-	if lead {
+	if c.active < c.parallel {
 		c.active++
+		e.leads = true
 	}
+	lead := e.leads
 	c.mu.Unlock()
 	if !lead {
+		var flushed bool
 		select {
-		case <-e.done:
-			return nil
-		case <-e.promote:
+		case flushed = <-e.signal:
 		case <-ctx.Done():
 			if c.withdraw(e) {
 				return ctx.Err()
 			}
-			// In a batch in flight, or promoted meanwhile.
-			select {
-			case <-e.done:
-				return nil
-			case <-e.promote:
-			}
+			flushed = <-e.signal // in a batch in flight, or promoted meanwhile
+		}
+		if flushed {
+			return nil
 		}
 	}
 	// This caller holds a slot. Its item is still queued, and goes out in
@@ -104,10 +103,10 @@ func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
 		}
 		c.flush(fctx, items)
 		for _, q := range queued {
-			close(q.done)
+			q.signal <- true
 		}
 	}
-	<-e.done
+	<-e.signal // flushed: the only signal left for a caller that holds a slot
 	c.handOver()
 	return nil
 }
@@ -117,7 +116,7 @@ func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
 func (c *Coalescer[T]) withdraw(e *entry[T]) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e.promoted {
+	if e.leads {
 		return false
 	}
 	i := slices.Index(c.queue, e)
@@ -128,15 +127,16 @@ func (c *Coalescer[T]) withdraw(e *entry[T]) bool {
 	return true
 }
 
-// handOver gives the caller's slot to the oldest waiting caller not yet
-// promoted, or frees it.
+// handOver gives the caller's slot to the oldest queued caller that holds
+// none (a caller that took a free slot is queued too until it sends its
+// batch: handing it a second slot would lose one), or frees it.
 func (c *Coalescer[T]) handOver() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, e := range c.queue {
-		if !e.promoted {
-			e.promoted = true
-			close(e.promote)
+		if !e.leads {
+			e.leads = true
+			e.signal <- false
 			return
 		}
 	}

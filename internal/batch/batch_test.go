@@ -197,3 +197,35 @@ func TestCoalescerBatchKeepsItsCallersLatestDeadline(t *testing.T) {
 	require.NoError(t, c.Do(context.Background(), "no deadline"))
 	require.True(t, (<-got).IsZero())
 }
+
+// A caller that takes a free slot is queued until it sends its batch; one
+// that finished meanwhile must not hand it its slot too, or that slot is
+// lost for good, and a coalescer of two batches in flight runs one.
+func TestBothSlotsSurviveARush(t *testing.T) {
+	started, release := make(chan struct{}), make(chan struct{})
+	c := batch.NewCoalescer(2, func(ctx context.Context, items []int) {
+		for _, it := range items {
+			if it < 0 { // a batch that holds its slot until released
+				started <- struct{}{}
+				<-release
+			}
+		}
+	})
+	for round := range 20 {
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() {
+				for i := range 200 {
+					require.NoError(t, c.Do(context.Background(), i))
+				}
+			})
+		}
+		wg.Wait()
+		go func() { _ = c.Do(context.Background(), -1) }()
+		<-started
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		require.NoError(t, c.Do(ctx, 1), "round %d: the second slot is free while the first is held", round)
+		cancel()
+		release <- struct{}{}
+	}
+}
