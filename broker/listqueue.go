@@ -424,21 +424,21 @@ func (b *ListQueue) sendKicks(ctx context.Context, ks []*kickReq) {
 		if c == nil || len(c.kicks) == kickBatch {
 			c = &kickCall{
 				keys: []string{b.key(q, "msg"), b.key(q, "pending"), b.key(q, "scheduled")},
-				args: make([]any, 0, 6*min(len(ks), kickBatch)),
+				args: make([]any, 0, 5*min(len(ks), kickBatch)),
 			}
 			open[q] = c
 			calls = append(calls, c)
 		}
-		lockAt, ttl, grace := 0, int64(0), int64(-1)
+		ttl, grace := int64(0), int64(-1)
 		if l := k.msg.Lock; l != nil {
 			c.keys = append(c.keys, l.Key)
-			lockAt, ttl = len(c.keys), max(l.TTL.Milliseconds(), 1)
+			ttl = max(l.TTL.Milliseconds(), 1)
 			if l.TakeOver {
 				grace = max(l.Grace.Milliseconds(), 0)
 			}
 		}
 		c.kicks = append(c.kicks, k)
-		c.args = append(c.args, k.msg.TaskID, k.raw, k.msg.Delay().Milliseconds(), lockAt, ttl, grace)
+		c.args = append(c.args, k.msg.TaskID, k.raw, k.msg.Delay().Milliseconds(), ttl, grace)
 	}
 	if len(calls) == 0 {
 		return
@@ -458,15 +458,26 @@ func (b *ListQueue) sendKicks(ctx context.Context, ks []*kickReq) {
 			c.cmd = kickScript.Eval(ctx, b.client, c.keys, c.args...)
 		}
 		res, err := c.cmd.Slice()
+		var codes string // see kick.lua: a character per message, then the holders
+		if err == nil && len(res) > 0 {
+			codes, _ = res[0].(string)
+			res = res[1:]
+		}
 		for j, k := range c.kicks {
-			switch {
-			case err != nil:
+			if err != nil {
 				k.err = fmt.Errorf("kiq: kick %s: %w", k.msg.TaskName, err)
-			case 2*j+1 < len(res):
-				k.err = kickResult(k.msg, res[2*j], res[2*j+1])
-			default:
-				k.err = fmt.Errorf("kiq: kick %s: short reply", k.msg.TaskName)
+				continue
 			}
+			if j >= len(codes) || (codes[j] == '0' || codes[j] == '2') && len(res) == 0 {
+				k.err = fmt.Errorf("kiq: kick %s: short reply", k.msg.TaskName)
+				continue
+			}
+			var holder string
+			if codes[j] == '0' || codes[j] == '2' {
+				holder, _ = res[0].(string)
+				res = res[1:]
+			}
+			k.err = kickResult(k.msg, codes[j], holder)
 		}
 	}
 }
@@ -492,27 +503,26 @@ func (b *ListQueue) encodeForKick(msg *Message) ([]byte, error) {
 	return raw, nil
 }
 
-// kickResult turns the kick script's reply for msg into Kick's error.
-func kickResult(msg *Message, code, holder any) error {
-	c, _ := code.(int64)
-	h, _ := holder.(string)
+// kickResult turns the kick script's code for msg, and the lock's holder
+// that comes with codes '0' and '2', into Kick's error.
+func kickResult(msg *Message, code byte, holder string) error {
 	switch {
-	case c == 1 && code != nil:
+	case code == '1':
 		return nil
-	case c == 2 && msg.Lock != nil:
+	case code == '2' && msg.Lock != nil:
 		if msg.Lock.TakenOver != nil {
-			msg.Lock.TakenOver(h)
+			msg.Lock.TakenOver(holder)
 		}
 		return nil
-	case c == 0 && code != nil && msg.Lock != nil:
+	case code == '0' && msg.Lock != nil:
 		if msg.Lock.Held != nil {
-			return msg.Lock.Held(h)
+			return msg.Lock.Held(holder)
 		}
-		return fmt.Errorf("kiq: lock %s held by task %s", msg.Lock.Key, h)
-	case c == -1:
+		return fmt.Errorf("kiq: lock %s held by task %s", msg.Lock.Key, holder)
+	case code == 'x':
 		return fmt.Errorf("%w: %s", ErrTaskExists, msg.TaskID)
 	}
-	return fmt.Errorf("kiq: kick %s: unexpected reply %v %v", msg.TaskName, code, holder)
+	return fmt.Errorf("kiq: kick %s: unexpected reply %q", msg.TaskName, code)
 }
 
 // Consume registers a consumer of opts.Queues (default: the broker's queue)

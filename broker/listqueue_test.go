@@ -496,6 +496,54 @@ func TestKickOfAnExistingIDLeavesItsLockAsItWas(t *testing.T) {
 	require.Equal(t, int64(2), stats.Pending, "nothing was queued twice")
 }
 
+// One KickMany batch that mixes every outcome of the kick script: each
+// message gets its own, with its own lock's holder, and the messages sent
+// are taken in the order of the batch.
+func TestKickManyGivesEachMessageItsOutcome(t *testing.T) {
+	client := redistest.Shared(t).Client(t)
+	b, err := broker.NewListQueue("", broker.WithClient(client), broker.WithKeyPrefix(redistest.Prefix(t)))
+	require.NoError(t, err)
+	ctx := context.Background()
+	p := b.KeyPrefix()
+	holderA, holderB := broker.NewTaskID(), broker.NewTaskID() // exist nowhere on the queue
+	require.NoError(t, client.Set(ctx, p+":a", holderA, 0).Err())              // no TTL: never taken over
+	require.NoError(t, client.Set(ctx, p+":b", holderB, 30*time.Second).Err()) // stale: taken over
+	existing := &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}}
+	require.NoError(t, b.Kick(ctx, existing))
+
+	plain := &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}}
+	heldA := lockMsg(client, p+":a")
+	fresh := lockMsg(client, p+":fresh")
+	overB := lockMsg(client, p+":b")
+	var tookFrom string
+	overB.Lock.TakenOver = func(holder string) { tookFrom = holder }
+	dup := &broker.Message{TaskID: existing.TaskID, TaskName: "t", Args: []byte{0x80}}
+	heldFresh := lockMsg(client, p+":fresh") // held by fresh, earlier in the same batch
+	last := &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}}
+	errs := b.KickMany(ctx, []*broker.Message{plain, heldA, fresh, overB, dup, heldFresh, last})
+
+	var held *heldError
+	require.NoError(t, errs[0])
+	require.ErrorAs(t, errs[1], &held)
+	require.Equal(t, holderA, held.holder)
+	require.NoError(t, errs[2])
+	require.NoError(t, errs[3])
+	require.Equal(t, holderB, tookFrom)
+	require.ErrorIs(t, errs[4], broker.ErrTaskExists)
+	require.ErrorAs(t, errs[5], &held)
+	require.Equal(t, fresh.TaskID, held.holder)
+	require.NoError(t, errs[6])
+
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	defer c.Close(ctx)
+	var order []string
+	for _, d := range fetchAll(t, c, 5) {
+		order = append(order, d.ID)
+	}
+	require.Equal(t, []string{existing.TaskID, plain.TaskID, fresh.TaskID, overB.TaskID, last.TaskID}, order)
+}
+
 func TestLockWithinItsGraceIsNotTakenOver(t *testing.T) {
 	b := newListQueue(t)
 	ctx := context.Background()

@@ -4,15 +4,18 @@
 -- KEYS[1]    P:{q}:msg        hash: task id -> message
 -- KEYS[2]    P:{q}:pending    list of task ids, consumed from the right
 -- KEYS[3]    P:{q}:scheduled  zset: task id -> due time (ms)
--- KEYS[4…]   the lock keys of the messages that carry one
--- ARGV       six per message: task id, encoded message, delay in ms (0:
---            queue now), the index in KEYS of its lock key (0: none), lock
---            TTL in ms, and the grace in ms for taking the lock over (-1:
---            never; see below)
--- Returns    two per message: {1, ''} sent; {2, holder} sent, the lock taken
---            over from holder, which existed nowhere on the queue; {0,
---            holder} not sent, the lock is held by the task holder; {-1, ''}
---            not sent, a task with this id exists already.
+-- KEYS[4…]   the lock keys of the messages that carry one, in their order
+-- ARGV       five per message: task id, encoded message, delay in ms (0:
+--            queue now), lock TTL in ms (0: no lock; else its key is the
+--            next of KEYS[4…]), and the grace in ms for taking the lock
+--            over (-1: never; see below)
+-- Returns    {codes, holder…}: codes has one character per message, '1'
+--            sent, '2' sent with its lock taken over from a holder that
+--            existed nowhere on the queue, '0' not sent as its lock is held,
+--            'x' not sent as a task with its id exists already; a holder
+--            follows for each '2' and '0', in order. The common reply is one
+--            string of '1's: little for Redis to build and the client to
+--            read.
 --
 -- A held lock is taken over only when its holder is a task id Kiq generated
 -- (a UUIDv7 in hex: others were given by the caller, or by another producer
@@ -25,40 +28,45 @@ local function generated(id) -- broker.IsGeneratedTaskID
   return #id == 32 and id:sub(13, 13) == '7' and id:find('^[0-9a-f]+$') ~= nil
     and ('89ab'):find(id:sub(17, 17), 1, true) ~= nil
 end
-local out = {}
+local codes, holders, push = {}, {}, {}
 local now
 local wake = false
-for i = 1, #ARGV, 6 do
-  local id, lock = ARGV[i], tonumber(ARGV[i + 3])
-  local code, holder, pttl = 1, '', nil
-  if lock > 0 and not redis.call('SET', KEYS[lock], id, 'NX', 'PX', ARGV[i + 4]) then
-    holder = redis.call('GET', KEYS[lock])
-    local grace = tonumber(ARGV[i + 5])
+local nextKey = 4
+for i = 1, #ARGV, 5 do
+  local id, ttl = ARGV[i], ARGV[i + 3]
+  local lock
+  if ttl ~= '0' then
+    lock, nextKey = KEYS[nextKey], nextKey + 1
+  end
+  local code, holder, pttl = '1', nil, nil
+  if lock and not redis.call('SET', lock, id, 'NX', 'PX', ttl) then
+    holder = redis.call('GET', lock)
+    local grace = tonumber(ARGV[i + 4])
     if holder == id then
-      code, holder = -1, '' -- this very task holds its lock: it was kicked already
+      code = 'x' -- this very task holds its lock: it was kicked already
     elseif grace >= 0 and generated(holder) and redis.call('HEXISTS', KEYS[1], holder) == 0 then
-      pttl = redis.call('PTTL', KEYS[lock])
+      pttl = redis.call('PTTL', lock)
       if pttl > grace then
-        redis.call('SET', KEYS[lock], id, 'PX', ARGV[i + 4])
-        code = 2
+        redis.call('SET', lock, id, 'PX', ttl)
+        code = '2'
       else
-        code = 0
+        code = '0'
       end
     else
-      code = 0
+      code = '0'
     end
   end
   -- HSETNX both stores the message and finds a task id that exists already;
   -- the lock this call took for it, if any, is then put back as it was.
-  if code > 0 and redis.call('HSETNX', KEYS[1], id, ARGV[i + 1]) == 0 then
-    if code == 2 then
-      redis.call('SET', KEYS[lock], holder, 'PX', pttl)
-    elseif lock > 0 then
-      redis.call('DEL', KEYS[lock])
+  if (code == '1' or code == '2') and redis.call('HSETNX', KEYS[1], id, ARGV[i + 1]) == 0 then
+    if code == '2' then
+      redis.call('SET', lock, holder, 'PX', pttl)
+    elseif lock then
+      redis.call('DEL', lock)
     end
-    code, holder = -1, ''
+    code = 'x'
   end
-  if code > 0 then
+  if code == '1' or code == '2' then
     local delay = tonumber(ARGV[i + 2])
     if delay > 0 then
       if not now then
@@ -70,15 +78,19 @@ for i = 1, #ARGV, 6 do
       -- wake to sleep until this one's due time.
       if not wake and redis.call('ZRANGE', KEYS[3], 0, 0)[1] == id then wake = true end
     else
-      redis.call('LPUSH', KEYS[2], id)
+      push[#push + 1] = id
     end
   end
-  out[#out + 1] = code
-  out[#out + 1] = holder
+  codes[#codes + 1] = code
+  if code == '0' or code == '2' then holders[#holders + 1] = holder end
+end
+-- One LPUSH for the batch, in its order: the first message is taken first.
+if #push > 0 then
+  redis.call('LPUSH', KEYS[2], unpack(push))
 end
 -- Wake a blocked consumer with an empty id (take drops it); one such token
 -- at the head of pending is enough.
 if wake and redis.call('LINDEX', KEYS[2], -1) ~= '' then
   redis.call('RPUSH', KEYS[2], '')
 end
-return out
+return {table.concat(codes), unpack(holders)}
