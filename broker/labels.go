@@ -93,16 +93,27 @@ func (l Labels) Merge(layers ...Labels) (Labels, error) {
 		n += len(x)
 	}
 	out := make(Labels, n)
-	for _, src := range append([]Labels{l}, layers...) {
-		for k, v := range src {
-			nv, err := NormalizeLabel(k, v)
-			if err != nil {
-				return nil, err
-			}
-			out[k] = nv
+	if err := out.normalizeFrom(l); err != nil {
+		return nil, err
+	}
+	for _, src := range layers {
+		if err := out.normalizeFrom(src); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// normalizeFrom sets l's labels to src's, normalized.
+func (l Labels) normalizeFrom(src Labels) error {
+	for k, v := range src {
+		nv, err := NormalizeLabel(k, v)
+		if err != nil {
+			return err
+		}
+		l[k] = nv
+	}
+	return nil
 }
 
 // NormalizeLabel returns v converted to the canonical type of the known label

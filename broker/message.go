@@ -74,7 +74,9 @@ func NewTaskID() string {
 	}
 	b[6] = b[6]&0x0f | 0x70 // version 7
 	b[8] = b[8]&0x3f | 0x80 // variant 10
-	return hex.EncodeToString(b[:])
+	var h [32]byte
+	hex.Encode(h[:], b[:])
+	return string(h[:])
 }
 
 // IsGeneratedTaskID reports whether id has the form NewTaskID gives: 32
