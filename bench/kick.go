@@ -40,8 +40,6 @@ func sendFor(ctx context.Context, sys system, callers int, d time.Duration) (flo
 	return float64(sent.Load()) / elapsed.Seconds(), nil
 }
 
-// sendN has callers goroutines send n tasks in all, as fast as they can, and
-// returns the tasks sent per second.
 // bulkSender is a system with a bulk kick.
 type bulkSender interface {
 	sendMany(ctx context.Context, args []benchArgs) error
@@ -68,6 +66,8 @@ func bulkN(ctx context.Context, sys system, n int) (float64, error) {
 	return float64(n) / time.Since(start).Seconds(), nil
 }
 
+// sendN has callers goroutines send n tasks in all, as fast as they can, and
+// returns the tasks sent per second.
 func sendN(ctx context.Context, sys system, callers, n int) (float64, error) {
 	var next atomic.Int64
 	var firstErr error
