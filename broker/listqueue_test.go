@@ -505,7 +505,7 @@ func TestKickManyGivesEachMessageItsOutcome(t *testing.T) {
 	require.NoError(t, err)
 	ctx := context.Background()
 	p := b.KeyPrefix()
-	holderA, holderB := broker.NewTaskID(), broker.NewTaskID() // exist nowhere on the queue
+	holderA, holderB := broker.NewTaskID(), broker.NewTaskID()                 // exist nowhere on the queue
 	require.NoError(t, client.Set(ctx, p+":a", holderA, 0).Err())              // no TTL: never taken over
 	require.NoError(t, client.Set(ctx, p+":b", holderB, 30*time.Second).Err()) // stale: taken over
 	existing := &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}}
