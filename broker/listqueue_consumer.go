@@ -130,7 +130,9 @@ func (c *lqConsumer) recoverOrphans(ctx context.Context, limit int) ([]*Delivery
 		if len(orphans) == 0 {
 			continue
 		}
-		ds, _, err := c.take(ctx, q, max(len(orphans)-tokens, 1), orphans...)
+		// A limit of 0: the orphans still there, and nothing from pending. An
+		// id settled since LRANGE is gone from the list, and take skips it.
+		ds, _, err := c.take(ctx, q, 0, orphans...)
 		if err != nil {
 			return nil, err
 		}

@@ -1017,6 +1017,44 @@ func TestOrphansOfALostReplyAreDeliveredAgain(t *testing.T) {
 	require.NoError(t, c.Ack(ctx, ds...))
 }
 
+// A wake-up token alone in the in-flight list is no lost reply: the
+// recovery drops it and delivers nothing, and the task waiting in pending
+// comes by the normal take, without a warning. (A recovery that took from
+// pending as well delivered it as an orphan, under that warning, whenever
+// the orphans it found were gone by its take: settled meanwhile, or only
+// a token.)
+func TestAStrayTokenIsNoLostReply(t *testing.T) {
+	var logs testlog.Buffer
+	b := newListQueue(t, broker.WithHeartbeat(50*time.Millisecond, 300*time.Millisecond),
+		broker.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	ctx := context.Background()
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	defer c.Close(ctx)
+	client := b.Client()
+	ids := client.ZRange(ctx, b.KeyPrefix()+":{taskiq}:consumers", 0, -1).Val()
+	require.Len(t, ids, 1)
+	require.NoError(t, client.LPush(ctx, b.KeyPrefix()+":{taskiq}:wip:"+ids[0], "").Err())
+	first, cancelFirst := context.WithTimeout(ctx, 10*time.Millisecond) // starts the recovery's clock
+	defer cancelFirst()
+	_, err = c.Fetch(first, 10)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	time.Sleep(300 * time.Millisecond) // the recovery is due, the abandoned BLMOVE is over
+	fresh := kick(t, b, "fresh")
+
+	fctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	ds, err := c.Fetch(fctx, 10)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	require.Equal(t, fresh.TaskID, ds[0].ID)
+	require.NotContains(t, logs.String(), "lost reply")
+	require.NoError(t, c.Ack(ctx, ds...))
+	s, err := b.Stats(ctx, broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Zero(t, s.InFlight, "the token is gone")
+}
+
 // takeCalls counts the runs of take.lua a client sends (not counting an
 // EVALSHA refused with NOSCRIPT, which go-redis follows with an EVAL).
 type takeCalls struct {
