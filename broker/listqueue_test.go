@@ -971,6 +971,19 @@ func TestDeadLetterCapDropsAreLogged(t *testing.T) {
 	require.Equal(t, "1", lines[1][1])
 }
 
+// soleConsumer starts the one consumer of b's default queue, closed with
+// the test, and returns it with the key of its in-flight list.
+func soleConsumer(t *testing.T, b *broker.ListQueue) (broker.Consumer, string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close(ctx) })
+	ids := b.Client().ZRange(ctx, b.KeyPrefix()+":{taskiq}:consumers", 0, -1).Val()
+	require.Len(t, ids, 1)
+	return c, b.KeyPrefix() + ":{taskiq}:wip:" + ids[0]
+}
+
 // A take or BLMOVE whose reply is lost (the connection dropped after Redis
 // ran it; go-redis may even retry it and move more) leaves ids in the
 // consumer's in-flight list that no delivery holds. The live consumer
@@ -980,13 +993,8 @@ func TestDeadLetterCapDropsAreLogged(t *testing.T) {
 func TestOrphansOfALostReplyAreDeliveredAgain(t *testing.T) {
 	b := newListQueue(t, broker.WithHeartbeat(50*time.Millisecond, 300*time.Millisecond))
 	ctx := context.Background()
-	c, err := b.Consume(ctx, broker.ConsumeOptions{})
-	require.NoError(t, err)
-	defer c.Close(ctx)
-	client := b.Client()
-	ids := client.ZRange(ctx, b.KeyPrefix()+":{taskiq}:consumers", 0, -1).Val()
-	require.Len(t, ids, 1)
-	wip, pending := b.KeyPrefix()+":{taskiq}:wip:"+ids[0], b.KeyPrefix()+":{taskiq}:pending"
+	c, wip := soleConsumer(t, b)
+	client, pending := b.Client(), b.KeyPrefix()+":{taskiq}:pending"
 
 	lost := kick(t, b, "lost")
 	// What take.lua does before its reply is lost, and a stray wake-up token.
@@ -1028,16 +1036,11 @@ func TestAStrayTokenIsNoLostReply(t *testing.T) {
 	b := newListQueue(t, broker.WithHeartbeat(50*time.Millisecond, 300*time.Millisecond),
 		broker.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	ctx := context.Background()
-	c, err := b.Consume(ctx, broker.ConsumeOptions{})
-	require.NoError(t, err)
-	defer c.Close(ctx)
-	client := b.Client()
-	ids := client.ZRange(ctx, b.KeyPrefix()+":{taskiq}:consumers", 0, -1).Val()
-	require.Len(t, ids, 1)
-	require.NoError(t, client.LPush(ctx, b.KeyPrefix()+":{taskiq}:wip:"+ids[0], "").Err())
+	c, wip := soleConsumer(t, b)
+	require.NoError(t, b.Client().LPush(ctx, wip, "").Err())
 	first, cancelFirst := context.WithTimeout(ctx, 10*time.Millisecond) // starts the recovery's clock
 	defer cancelFirst()
-	_, err = c.Fetch(first, 10)
+	_, err := c.Fetch(first, 10)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	time.Sleep(300 * time.Millisecond) // the recovery is due, the abandoned BLMOVE is over
 	fresh := kick(t, b, "fresh")
