@@ -464,20 +464,20 @@ func (b *ListQueue) sendKicks(ctx context.Context, ks []*kickReq) {
 			res = res[1:]
 		}
 		for j, k := range c.kicks {
-			if err != nil {
+			switch {
+			case err != nil:
 				k.err = fmt.Errorf("kiq: kick %s: %w", k.msg.TaskName, err)
-				continue
-			}
-			if j >= len(codes) || (codes[j] == '0' || codes[j] == '2') && len(res) == 0 {
+			case j >= len(codes):
 				k.err = fmt.Errorf("kiq: kick %s: short reply", k.msg.TaskName)
-				continue
-			}
-			var holder string
-			if codes[j] == '0' || codes[j] == '2' {
-				holder, _ = res[0].(string)
+			case codes[j] != '0' && codes[j] != '2': // no holder comes with it
+				k.err = kickResult(k.msg, codes[j], "")
+			case len(res) == 0:
+				k.err = fmt.Errorf("kiq: kick %s: short reply", k.msg.TaskName)
+			default:
+				holder, _ := res[0].(string)
 				res = res[1:]
+				k.err = kickResult(k.msg, codes[j], holder)
 			}
-			k.err = kickResult(k.msg, codes[j], holder)
 		}
 	}
 }
