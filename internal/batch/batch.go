@@ -102,9 +102,12 @@ func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
 			defer cancel()
 		}
 		c.flush(fctx, items)
+		c.handOver() // first: the next batch goes out while this one's callers wake
 		for _, q := range queued {
 			q.signal <- true
 		}
+		<-e.signal // its own
+		return nil
 	}
 	<-e.signal // flushed: the only signal left for a caller that holds a slot
 	c.handOver()
