@@ -5,18 +5,20 @@ package broker
 // touches one Redis Cluster slot, and every key a script touches is passed
 // to it in KEYS, never built inside Lua.
 //
-//	P:{q}:msg             hash   task id -> encoded message, while the task exists
-//	P:{q}:pending         list   task ids ready to run; producers push left, consumers take right
-//	P:{q}:scheduled       zset   task id -> due time (ms): delayed tasks and retries
-//	P:{q}:wip:<consumer>  list   task ids a consumer holds (in flight), newest at the left
-//	P:{q}:consumers       zset   consumer id -> heartbeat deadline (ms, Redis clock)
-//	P:{q}:dead            list   msgpack-encoded DeadLetters, newest first, capped
+//	P:{q}:msg              hash   task id -> encoded message, while the task exists
+//	P:{q}:pending          list   task ids ready to run; producers push left, consumers take right
+//	P:{q}:scheduled        zset   task id -> due time (ms): delayed tasks and retries
+//	P:{q}:wip:<consumer>   list   task ids a consumer holds (in flight), newest at the left
+//	P:{q}:land:<consumer>  list   ids a consumer's BLMOVE moved, for the take.lua behind it
+//	P:{q}:consumers        zset   consumer id -> heartbeat deadline (ms, Redis clock)
+//	P:{q}:dead             list   msgpack-encoded DeadLetters, newest first, capped
 //
 // The life of a message: Kick stores it in msg and pushes its id on pending
 // (or adds it to scheduled), in one script that may first take a
 // deduplication lock. A consumer moves ids from pending to its wip list
-// atomically (LMOVE in take.lua for a batch, BLMOVE to block when idle) and
-// reads their messages in the same round trip. Ack removes the id from wip
+// atomically (LMOVE in take.lua for a batch; when idle, BLMOVE into its
+// land list, with take.lua behind it in one pipeline) and reads their
+// messages in the same round trip. Ack removes the id from wip
 // and the message from msg. Because msg holds every task that exists, a task
 // is found by id wherever it is: pending, scheduled or in flight.
 //

@@ -152,7 +152,7 @@ func (c *lqConsumer) wip(queue string) string { return c.b.key(queue, "wip:"+c.i
 
 // reapKeys are reap.lua's KEYS for consumer on queue.
 func (b *ListQueue) reapKeys(queue, consumer string) []string {
-	return []string{b.key(queue, "wip:"+consumer), b.key(queue, "pending"), b.key(queue, "consumers"), b.key(queue, "msg")}
+	return []string{b.key(queue, "wip:"+consumer), b.key(queue, "pending"), b.key(queue, "consumers"), b.key(queue, "msg"), b.key(queue, "land:"+consumer)}
 }
 
 // lifeErr is Fetch's error once the consumer's life ended.
@@ -240,8 +240,9 @@ func (c *lqConsumer) enter() error {
 //
 // It first runs take.lua on each queue in turn (a different queue first on
 // each call, so that a busy queue does not starve the others). When all are
-// empty it blocks in BLMOVE on one queue, which wakes the moment a task is
-// pushed there, for at most until the earliest scheduled task is due,
+// empty it blocks in BLMOVE on one queue, with take.lua in the same
+// pipeline, so that a task pushed there is delivered in the round trip that
+// waited for it. BLMOVE waits at most until the earliest scheduled task is due,
 // clamped to [5 ms, 1 s] (see block). Consuming several queues, it blocks
 // on one at a time, in rotation, for at most 50 ms: Redis has no blocking
 // move from several lists, so a task on another queue may wait up to that
@@ -285,13 +286,10 @@ func (c *lqConsumer) fetchRound(ctx context.Context, limit int) ([]*Delivery, er
 	if err != nil || len(ds) > 0 {
 		return ds, err
 	}
-	q := c.queues[first]
-	id, moved, err := c.block(ctx, q, c.blockFor(ctx, wait))
-	if err != nil || !moved {
-		return nil, err // !moved: the wait ended, a scheduled task may be due
-	}
-	// No deliveries: a wake-up token, a task was scheduled earlier; wait less.
-	ds, _, err = c.take(ctx, q, limit, id)
+	// No deliveries and no error: the wait ended (a scheduled task may be
+	// due), or a wake-up token came (one was scheduled earlier: wait less).
+	ds, err = c.block(ctx, c.queues[first], limit, c.blockFor(ctx, wait))
+	c.hold(ds)
 	return ds, err
 }
 
@@ -332,12 +330,7 @@ func (c *lqConsumer) blockFor(ctx context.Context, wait time.Duration) time.Dura
 // limit tasks (the claimed ones first) are returned, and held, with how long
 // until the next scheduled task is due (-1: none). The caller holds moves.
 func (c *lqConsumer) take(ctx context.Context, q string, limit int, claimed ...string) ([]*Delivery, time.Duration, error) {
-	keys := []string{c.b.key(q, "pending"), c.wip(q), c.b.key(q, "msg"), c.b.key(q, "scheduled"), c.b.key(q, "consumers")}
-	args := make([]any, 0, 3+len(claimed))
-	args = append(args, c.id, c.b.hbTTL.Milliseconds(), limit)
-	for _, id := range claimed {
-		args = append(args, id)
-	}
+	keys, args := c.takeArgs(q, limit, claimed)
 	res, err := takeScript.Run(ctx, c.b.client, keys, args...).Slice()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -349,6 +342,22 @@ func (c *lqConsumer) take(ctx context.Context, q string, limit int, claimed ...s
 	c.hold(ds)
 	return ds, wait, err
 }
+
+// takeArgs are take.lua's KEYS and ARGV.
+func (c *lqConsumer) takeArgs(q string, limit int, claimed []string) ([]string, []any) {
+	keys := []string{c.b.key(q, "pending"), c.wip(q), c.b.key(q, "msg"), c.b.key(q, "scheduled"), c.b.key(q, "consumers"), c.land(q)}
+	args := make([]any, 0, 3+len(claimed))
+	args = append(args, c.id, c.b.hbTTL.Milliseconds(), limit)
+	for _, id := range claimed {
+		args = append(args, id)
+	}
+	return keys, args
+}
+
+// land is the list a BLMOVE moves an id into for the take.lua behind it
+// (a BLMOVE that timed out moved nothing: take cannot tell it from the
+// in-flight list alone).
+func (c *lqConsumer) land(queue string) string { return c.b.key(queue, "land:"+c.id) }
 
 // parseTake decodes take.lua's reply: {wait ms, {id, message, ...}}. A
 // message over maxSize is not decoded: its delivery carries the error.
@@ -385,29 +394,31 @@ func parseTake(f Formatter, maxSize int, q string, res []any) ([]*Delivery, time
 	return ds, wait, nil
 }
 
-// blocked is the outcome of one BLMOVE.
+// blocked is the outcome of one BLMOVE and the take behind it.
 type blocked struct {
-	id    string
-	moved bool // false: the wait ended with nothing to take
-	err   error
+	ds  []*Delivery
+	err error
 }
 
-// block waits in BLMOVE for an id on queue q, for up to wait, and moves it
-// into the consumer's in-flight list.
+// block waits in BLMOVE for an id on queue q, for up to wait, and takes it
+// (with up to limit tasks in all) by the take.lua sent behind it in one
+// pipeline: Redis runs the take as soon as the BLMOVE is served, or timed
+// out. The deliveries are not held yet.
 //
-// BLMOVE runs in a goroutine, for two reasons: go-redis does not interrupt a
-// command when its context is cancelled, so block returns as soon as ctx or
-// the consumer's life ends; and Redis checks blocking timeouts only on its
-// cron tick (every 100 ms at the default hz 10), so a wait shorter than
-// maxBlock (a scheduled task due soon, several queues) ends on a client-side
-// timer, on time. An abandoned BLMOVE goes on for at most its timeout and a
-// tick, and hands back what it takes. Close waits for it.
-func (c *lqConsumer) block(ctx context.Context, q string, wait time.Duration) (string, bool, error) {
+// The pipeline runs in a goroutine, for two reasons: go-redis does not
+// interrupt a command when its context is cancelled, so block returns as
+// soon as ctx or the consumer's life ends; and Redis checks blocking
+// timeouts only on its cron tick (every 100 ms at the default hz 10), so a
+// wait shorter than maxBlock (a scheduled task due soon, several queues)
+// ends on a client-side timer, on time. An abandoned pipeline goes on for at
+// most its timeout and a tick, and hands back what it takes. Close waits for
+// it.
+func (c *lqConsumer) block(ctx context.Context, q string, limit int, wait time.Duration) ([]*Delivery, error) {
 	got := make(chan blocked) // unbuffered: a result is either received or handed back
 	gaveUp := make(chan struct{})
 	c.busy.Add(1)   // within a Fetch's count, so Close waits for it
-	c.moves.RLock() // within the Fetch's, until the id is received or given back
-	go c.blmove(ctx, q, wait, got, gaveUp)
+	c.moves.RLock() // within the Fetch's, until the result is received or given back
+	go c.blmove(ctx, q, limit, wait, got, gaveUp)
 	var timeout <-chan time.Time
 	if wait < c.b.maxBlock {
 		t := time.NewTimer(wait)
@@ -416,47 +427,66 @@ func (c *lqConsumer) block(ctx context.Context, q string, wait time.Duration) (s
 	}
 	select {
 	case r := <-got:
-		return r.id, r.moved, r.err
+		return r.ds, r.err
 	case <-timeout:
 		close(gaveUp)
-		return "", false, nil
+		return nil, nil
 	case <-ctx.Done():
 		close(gaveUp)
-		return "", false, ctx.Err()
+		return nil, ctx.Err()
 	case <-c.life.Done():
 		close(gaveUp)
-		return "", false, c.lifeErr()
+		return nil, c.lifeErr()
 	}
 }
 
-func (c *lqConsumer) blmove(ctx context.Context, q string, wait time.Duration, got chan<- blocked, gaveUp <-chan struct{}) {
+func (c *lqConsumer) blmove(ctx context.Context, q string, limit int, wait time.Duration, got chan<- blocked, gaveUp <-chan struct{}) {
 	defer c.busy.Done()
 	defer c.moves.RUnlock()
+	ctx = context.WithoutCancel(ctx)
 	secs := strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)
-	id, err := c.b.client.Do(context.WithoutCancel(ctx), "BLMOVE", c.b.key(q, "pending"), c.wip(q), "RIGHT", "LEFT", secs).Text()
-	r := blocked{id: id, moved: err == nil}
-	if err != nil && !errors.Is(err, redis.Nil) {
+	keys, args := c.takeArgs(q, limit, nil)
+	var move, take *redis.Cmd
+	_, _ = c.b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		move = p.Do(ctx, "BLMOVE", c.b.key(q, "pending"), c.land(q), "RIGHT", "LEFT", secs)
+		take = takeScript.EvalSha(ctx, p, keys, args...)
+		return nil
+	})
+	var r blocked
+	res, err := take.Slice()
+	switch {
+	case err == nil:
+		r.ds, _, r.err = parseTake(c.b.formatter, c.b.maxSize, q, res)
+	case redis.HasErrorPrefix(err, "NOSCRIPT"):
+		// A new or restarted server: the next round's take (EVAL) loads the
+		// script and delivers what the BLMOVE landed.
+	case move.Err() != nil && !errors.Is(move.Err(), redis.Nil):
+		r.err = fmt.Errorf("kiq: fetch: %w", move.Err())
+	default:
 		r.err = fmt.Errorf("kiq: fetch: %w", err)
 	}
 	select {
 	case got <- r:
 	case <-gaveUp:
-		c.giveBack(q, r)
+		c.giveBack(q, r.ds)
 	}
 }
 
-// giveBack returns to the head of q an id a BLMOVE took for a Fetch that
-// gave up. If it fails, the id stays in flight until recoverOrphans
-// delivers it.
-func (c *lqConsumer) giveBack(q string, r blocked) {
-	if !r.moved {
+// giveBack returns to the head of q the tasks taken for a Fetch that gave
+// up. If it fails, they stay in flight until recoverOrphans delivers them.
+func (c *lqConsumer) giveBack(q string, ds []*Delivery) {
+	if len(ds) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
 	defer cancel()
-	if err := handBackScript.Run(ctx, c.b.client, []string{c.wip(q), c.b.key(q, "pending")}, r.id).Err(); err != nil {
-		c.b.log.Warn("kiq: handing back a task taken after its Fetch ended failed; it is delivered again later",
-			slog.String("queue", q), slog.String("task_id", r.id), slog.Any("error", err))
+	ids := make([]any, len(ds))
+	for i, d := range ds {
+		ids[i] = d.ID
+	}
+	if err := handBackScript.Run(ctx, c.b.client, []string{c.wip(q), c.b.key(q, "pending")}, ids...).Err(); err != nil {
+		c.b.log.Warn("kiq: handing back tasks taken after their Fetch ended failed; they are delivered again later",
+			slog.String("queue", q), slog.Int("tasks", len(ds)), slog.Any("error", err))
 		c.recoverDue()
 	}
 }

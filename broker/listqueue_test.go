@@ -1058,35 +1058,45 @@ func TestAStrayTokenIsNoLostReply(t *testing.T) {
 	require.Zero(t, s.InFlight, "the token is gone")
 }
 
-// takeCalls counts the runs of take.lua a client sends (not counting an
-// EVALSHA refused with NOSCRIPT, which go-redis follows with an EVAL).
-type takeCalls struct {
-	sha string
-	n   atomic.Int64
+// scriptCalls counts the runs of one of the broker's scripts a client
+// sends, alone or in a pipeline (not counting an EVALSHA refused with
+// NOSCRIPT, which go-redis follows with an EVAL).
+type scriptCalls struct {
+	source, sha string
+	n           atomic.Int64
 }
 
-func (c *takeCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (c *takeCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+// newScriptCalls counts the runs of lua/<name>.lua.
+func newScriptCalls(t *testing.T, name string) *scriptCalls {
+	src, err := os.ReadFile("lua/" + name + ".lua")
+	require.NoError(t, err)
+	return &scriptCalls{source: string(src), sha: fmt.Sprintf("%x", sha1.Sum(src))}
+}
+
+func (c *scriptCalls) count(cmd redis.Cmder, err error) {
+	args := cmd.Args()
+	if len(args) > 1 && (args[1] == c.sha || args[1] == c.source) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+		c.n.Add(1)
+	}
+}
+
+func (c *scriptCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *scriptCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		err := next(ctx, cmd)
-		args := cmd.Args()
-		if len(args) > 1 && (args[1] == c.sha || args[1] == takeSource) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
-			c.n.Add(1)
+		c.count(cmd, err)
+		return err
+	}
+}
+func (c *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, cmd := range cmds {
+			c.count(cmd, cmd.Err())
 		}
 		return err
 	}
 }
-func (c *takeCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
-var takeSource = func() string {
-	b, err := os.ReadFile("lua/take.lua")
-	if err != nil {
-		panic(err)
-	}
-	return string(b)
-}()
 
 // Thousands of scheduled tasks that come due cost one take.lua call per
 // thousand (each call queues up to 1000 due tasks, atomically), not one
@@ -1094,7 +1104,7 @@ var takeSource = func() string {
 func TestDueScheduledTasksMoveInBulk(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: redistest.Shared(t).Addr()})
 	defer client.Close()
-	calls := &takeCalls{sha: fmt.Sprintf("%x", sha1.Sum([]byte(takeSource)))}
+	calls := newScriptCalls(t, "take")
 	client.AddHook(calls)
 	b := newListQueue(t, broker.WithClient(client))
 	ctx := context.Background()
@@ -1124,4 +1134,147 @@ func TestDueScheduledTasksMoveInBulk(t *testing.T) {
 	require.NoError(t, c.Ack(ctx, ds...))
 	require.LessOrEqual(t, calls.n.Load(), int64(n/1000+2), "%d calls for %d due tasks", calls.n.Load(), n)
 	require.Zero(t, client.ZCard(ctx, scheduled).Val())
+}
+
+// blmoveWatch counts round trips, and signals each pipeline with a BLMOVE
+// as it is sent.
+type blmoveWatch struct {
+	roundTrips
+	sent chan struct{}
+}
+
+func (w *blmoveWatch) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	counted := w.roundTrips.ProcessPipelineHook(next)
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if len(cmds) > 0 && cmds[0].Name() == "blmove" {
+			select {
+			case w.sent <- struct{}{}:
+			default:
+			}
+		}
+		return counted(ctx, cmds)
+	}
+}
+
+// watchedConsumer is a consumer whose client is watched by a blmoveWatch
+// (and the scriptCalls given), its scripts loaded, and a producer on its
+// queue with a client of its own.
+func watchedConsumer(t *testing.T, hooks ...redis.Hook) (broker.Consumer, *blmoveWatch, *broker.ListQueue) {
+	t.Helper()
+	client := redistest.Shared(t).Client(t)
+	b, err := broker.NewListQueue("", broker.WithClient(client), broker.WithKeyPrefix(redistest.Prefix(t)),
+		broker.WithHeartbeat(time.Minute, 3*time.Minute)) // no heartbeat during the test
+	require.NoError(t, err)
+	producer := newListQueue(t, broker.WithKeyPrefix(b.KeyPrefix()))
+	ctx := context.Background()
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close(ctx) })
+	kick(t, producer, "warm-up")
+	require.NoError(t, c.Ack(ctx, fetchAll(t, c, 1)...)) // loads the scripts
+	w := &blmoveWatch{sent: make(chan struct{}, 1)}
+	client.AddHook(w)
+	for _, h := range hooks {
+		client.AddHook(h)
+	}
+	return c, w, producer
+}
+
+// awaitBlocked returns once the consumer's BLMOVE is sent, and likely
+// blocked.
+func (w *blmoveWatch) awaitBlocked(t *testing.T) {
+	t.Helper()
+	select {
+	case <-w.sent:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the consumer never blocked")
+	}
+	time.Sleep(20 * time.Millisecond)
+}
+
+// An idle consumer blocks in BLMOVE with take.lua behind it in one
+// pipeline: the task that wakes it is delivered in the round trip that
+// waited for it, with no second one for its message.
+func TestAnIdleConsumerIsServedInTheRoundTripThatWaited(t *testing.T) {
+	c, w, producer := watchedConsumer(t)
+	ctx := context.Background()
+	for range 3 {
+		got := make(chan []*broker.Delivery, 1)
+		go func() {
+			ds, err := c.Fetch(ctx, 10)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- ds
+		}()
+		w.awaitBlocked(t)
+		w.n.Store(0)
+		m := kick(t, producer, "wakes it")
+		ds := <-got
+		require.Len(t, ds, 1)
+		require.Equal(t, m.TaskID, ds[0].ID)
+		require.NoError(t, ds[0].Err)
+		require.Zero(t, w.n.Load(), "no round trip after the blocking one")
+		require.NoError(t, c.Ack(ctx, ds...))
+	}
+}
+
+// A Fetch that gives up while its pipeline is blocked leaves it to hand
+// back everything its take takes, in order.
+func TestAnAbandonedBlockHandsBackAllItTook(t *testing.T) {
+	handBacks := newScriptCalls(t, "handback")
+	c, w, producer := watchedConsumer(t, handBacks)
+	ctx := context.Background()
+	fctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Fetch(fctx, 10)
+		errc <- err
+	}()
+	w.awaitBlocked(t)
+	cancel()
+	require.ErrorIs(t, <-errc, context.Canceled)
+
+	msgs := make([]*broker.Message, 5)
+	for i := range msgs {
+		msgs[i] = &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}}
+	}
+	for _, err := range producer.KickMany(ctx, msgs) {
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool { return handBacks.n.Load() == 1 }, 3*time.Second, 5*time.Millisecond,
+		"the abandoned pipeline took the tasks and handed them back")
+	s, err := producer.Stats(ctx, broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Equal(t, int64(5), s.Pending)
+	require.Zero(t, s.InFlight)
+	ds := fetchAll(t, c, 5)
+	for i, d := range ds {
+		require.Equal(t, msgs[i].TaskID, d.ID, "in their order")
+	}
+	require.NoError(t, c.Ack(ctx, ds...))
+}
+
+// An id a BLMOVE moved into the consumer's land list, where the take.lua
+// behind it never ran (its pipeline's connection dropped), is delivered by
+// the next take; and a closing consumer hands back what landed for it.
+func TestLandedIDsAreNeverStranded(t *testing.T) {
+	b := newListQueue(t)
+	ctx := context.Background()
+	c, wip := soleConsumer(t, b)
+	land := strings.Replace(wip, ":wip:", ":land:", 1)
+	client, pending := b.Client(), b.KeyPrefix()+":{taskiq}:pending"
+
+	landed := kick(t, b, "landed")
+	require.Equal(t, landed.TaskID, client.LMove(ctx, pending, land, "RIGHT", "LEFT").Val())
+	ds := fetchAll(t, c, 1)
+	require.Equal(t, landed.TaskID, ds[0].ID)
+	require.NoError(t, c.Ack(ctx, ds...))
+	require.Zero(t, client.Exists(ctx, land).Val())
+
+	closing := kick(t, b, "closing")
+	require.Equal(t, closing.TaskID, client.LMove(ctx, pending, land, "RIGHT", "LEFT").Val())
+	require.NoError(t, c.Close(ctx))
+	require.Equal(t, []string{closing.TaskID}, client.LRange(ctx, pending, 0, -1).Val())
+	require.Zero(t, client.Exists(ctx, land).Val())
 }

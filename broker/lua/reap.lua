@@ -5,6 +5,7 @@
 -- KEYS[2]  P:{q}:pending
 -- KEYS[3]  P:{q}:consumers  zset: consumer id -> heartbeat deadline (ms)
 -- KEYS[4]  P:{q}:msg        hash: task id -> message
+-- KEYS[5]  P:{q}:land:<c>   ids a BLMOVE moved for the consumer, not taken yet
 -- ARGV[1]  the consumer's id
 -- ARGV[2]  "1" to reap only if its deadline has passed (checked again here:
 --          it may have heartbeated since it was found dead), "0" to reap
@@ -20,14 +21,16 @@ if ARGV[2] == '1' then
   end
 end
 local n = 0
--- Newest first, so that the oldest taken ends at the right of pending,
--- taken next.
-for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if id ~= '' and redis.call('HEXISTS', KEYS[4], id) == 1 then
-    redis.call('RPUSH', KEYS[2], id)
-    n = n + 1
+-- Newest first (the landed ids were moved after every in-flight one), so
+-- that the oldest taken ends at the right of pending, taken next.
+for _, list in ipairs({KEYS[5], KEYS[1]}) do
+  for _, id in ipairs(redis.call('LRANGE', list, 0, -1)) do
+    if id ~= '' and redis.call('HEXISTS', KEYS[4], id) == 1 then
+      redis.call('RPUSH', KEYS[2], id)
+      n = n + 1
+    end
   end
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[5])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return n

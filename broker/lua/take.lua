@@ -6,6 +6,9 @@
 -- KEYS[3]  P:{q}:msg        hash: task id -> message
 -- KEYS[4]  P:{q}:scheduled  zset: task id -> due time (ms)
 -- KEYS[5]  P:{q}:consumers  zset: consumer id -> heartbeat deadline (ms)
+-- KEYS[6]  P:{q}:land:<c>   ids a BLMOVE moved for the consumer: returned
+--                           first (the BLMOVE was sent in one pipeline just
+--                           ahead of this call, or its reply was lost)
 -- ARGV[1]  the consumer's id
 -- ARGV[2]  heartbeat TTL in ms
 -- ARGV[3]  max: how many tasks to return at most
@@ -36,6 +39,13 @@ local function deliver(id)
   end
 end
 
+while true do
+  local id = redis.call('LMOVE', KEYS[6], KEYS[2], 'RIGHT', 'LEFT')
+  if not id then
+    break
+  end
+  deliver(id)
+end
 for i = 4, #ARGV do
   if redis.call('LPOS', KEYS[2], ARGV[i]) then
     deliver(ARGV[i])
