@@ -24,7 +24,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
+	"github.com/kiq-go/kiq/internal/embedredis"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 )
@@ -37,7 +37,7 @@ type Server struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	mini *miniredis.Miniredis
+	mini *embedredis.Server
 }
 
 var (
@@ -112,6 +112,17 @@ func Real() bool {
 	return err == nil
 }
 
+// RequireReal skips the test, and says why, when it would run against
+// miniredis: for tests of what only redis-server has (needs names it:
+// persistence, TLS, CLIENT PAUSE, CONFIG SET). CI refuses miniredis, so
+// there they always run.
+func RequireReal(tb testing.TB, needs string) {
+	tb.Helper()
+	if !Real() {
+		tb.Skipf("redistest: needs redis-server (%s), which miniredis lacks: not run on this machine, always run in CI", needs)
+	}
+}
+
 func start(extraArgs ...string) (*Server, error) {
 	s := &Server{}
 	if !Real() {
@@ -122,11 +133,11 @@ func start(extraArgs ...string) (*Server, error) {
 			return nil, fmt.Errorf("redis-server not found, and CI refuses the miniredis fallback")
 		}
 		fmt.Fprintln(os.Stderr, "redistest: WARNING: redis-server not found; running against miniredis (in-process, partial Redis semantics)")
-		s.mini = miniredis.NewMiniRedis()
-		if err := s.mini.Start(); err != nil {
+		mini, err := embedredis.Start()
+		if err != nil {
 			return nil, err
 		}
-		s.addr = s.mini.Addr()
+		s.mini, s.addr = mini, mini.Addr()
 		register(s)
 		return s, nil
 	}
@@ -247,7 +258,7 @@ func (s *Server) Kill(tb testing.TB) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mini != nil {
-		s.mini.Close()
+		s.mini.Miniredis.Close() // the server only: its clock goes on, for Revive
 		return
 	}
 	if s.cmd != nil {
@@ -275,3 +286,119 @@ func (s *Server) Revive(tb testing.TB) {
 type quietLogger struct{}
 
 func (quietLogger) Printf(context.Context, string, ...any) {}
+
+// Proxy forwards connections to a server and can stall them all, as a
+// paused or hung Redis would: while paused, it holds every byte in flight,
+// both ways. It works the same in front of redis-server and miniredis.
+type Proxy struct {
+	l      net.Listener
+	target string
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	resumed chan struct{} // closed while not paused
+	conns   []net.Conn
+	closed  bool
+}
+
+// NewProxy starts a proxy to addr, closed with its connections when the
+// test ends.
+func NewProxy(tb testing.TB, addr string) *Proxy {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("redistest: proxy: %v", err)
+	}
+	p := &Proxy{l: l, target: addr, resumed: make(chan struct{})}
+	close(p.resumed)
+	p.wg.Add(1)
+	go p.accept()
+	tb.Cleanup(p.close)
+	return p
+}
+
+// Addr returns the proxy's host:port.
+func (p *Proxy) Addr() string { return p.l.Addr().String() }
+
+// Pause holds every byte from now on, until Resume.
+func (p *Proxy) Pause() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.resumed:
+		p.resumed = make(chan struct{})
+	default: // paused already
+	}
+}
+
+// Resume lets the held bytes and the next ones through.
+func (p *Proxy) Resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.resumed:
+	default:
+		close(p.resumed)
+	}
+}
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.l.Accept()
+		if err != nil {
+			return // closed
+		}
+		s, err := net.Dial("tcp", p.target)
+		if err != nil {
+			_ = c.Close()
+			continue
+		}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			_, _ = c.Close(), s.Close()
+			return
+		}
+		p.conns = append(p.conns, c, s)
+		p.wg.Add(2)
+		p.mu.Unlock()
+		go p.pipe(s, c)
+		go p.pipe(c, s)
+	}
+}
+
+// pipe copies src to dst, holding what it read while the proxy is paused.
+// Either side ending ends both.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			resumed := p.resumed
+			p.mu.Unlock()
+			<-resumed
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *Proxy) close() {
+	_ = p.l.Close()
+	p.Resume()
+	p.mu.Lock()
+	p.closed = true
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}

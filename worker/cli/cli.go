@@ -30,7 +30,8 @@
 // task's final result there, and `tasks show` reads it.
 //
 // Without --redis-url, the worker runs on an embedded, in-process Redis
-// (miniredis), so a first run needs nothing installed.
+// (miniredis, its keys expiring in real time: see internal/embedredis), so
+// a first run needs nothing installed.
 package cli
 
 import (
@@ -47,8 +48,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/kiq-go/kiq/broker"
+	"github.com/kiq-go/kiq/internal/embedredis"
 	"github.com/kiq-go/kiq/worker"
 )
 
@@ -231,8 +232,8 @@ func (app App) withBroker(ctx context.Context, f *flags, log *slog.Logger, fn fu
 	url := f.redisURL
 	embedded := url == ""
 	if embedded {
-		mr := miniredis.NewMiniRedis()
-		if err := mr.Start(); err != nil {
+		mr, err := embedredis.Start()
+		if err != nil {
 			return fmt.Errorf("start the embedded Redis: %w", err)
 		}
 		defer mr.Close()
