@@ -137,14 +137,14 @@ func TestRedisOutage(t *testing.T) {
 // batch is sent under that deadline (the latest of its callers'), not the
 // client's read timeout and retries.
 func TestKickHonoursItsDeadlineWhileRedisIsPaused(t *testing.T) {
-	srv := redistest.Start(t)
-	b, err := broker.NewListQueue(srv.URL(), broker.WithLogger(slog.New(slog.DiscardHandler)))
+	proxy := redistest.NewProxy(t, redistest.Shared(t).Addr())
+	b, err := broker.NewListQueue("redis://"+proxy.Addr(), broker.WithKeyPrefix(redistest.Prefix(t)),
+		broker.WithLogger(slog.New(slog.DiscardHandler)))
 	require.NoError(t, err)
 	defer b.Shutdown(context.Background())
 	kick(t, b, "loads the script")
-	admin := srv.Client(t)
-	require.NoError(t, admin.Do(context.Background(), "CLIENT", "PAUSE", 1000, "ALL").Err())
-	defer admin.Do(context.Background(), "CLIENT", "UNPAUSE")
+	proxy.Pause()
+	defer proxy.Resume()
 
 	var wg sync.WaitGroup
 	for range 8 { // one batch in flight, the others queued behind it

@@ -163,6 +163,7 @@ func runLoad(t *testing.T, srv *redistest.Server, fault func()) loadReport {
 // logs the outage and its recovery, everyone reconnects and carries on;
 // every acknowledged kick runs; goroutines end (goleak in TestMain).
 func TestRedisRestartMidRun(t *testing.T) {
+	redistest.RequireReal(t, "an append-only file to restart from")
 	srv := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
 	rep := runLoad(t, srv, func() {
 		srv.Kill(t)
@@ -179,6 +180,7 @@ func TestRedisRestartMidRun(t *testing.T) {
 // Redis paused mid-run (CLIENT PAUSE) while producers kick: their kicks
 // wait for the pause to end, then everyone carries on.
 func TestRedisPausedMidRun(t *testing.T) {
+	redistest.RequireReal(t, "CLIENT PAUSE")
 	srv := redistest.Start(t)
 	admin := srv.Client(t)
 	rep := runLoad(t, srv, func() {
@@ -254,6 +256,7 @@ func TestPasswordStaysSecret(t *testing.T) {
 
 // An ACL user with a password, over TLS (rediss://), runs tasks end to end.
 func TestACLUserOverTLS(t *testing.T) {
+	redistest.RequireReal(t, "TLS and ACL users")
 	dir := t.TempDir()
 	cert, key := writeSelfSignedCert(t, dir)
 	tlsPort := freePort(t)

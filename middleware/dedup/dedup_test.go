@@ -295,6 +295,7 @@ func TestStartupRetriesThenFails(t *testing.T) {
 }
 
 func TestStartupWarnsWhenLocksCanBeEvicted(t *testing.T) {
+	redistest.RequireReal(t, "CONFIG SET maxmemory-policy")
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	ctx := context.Background()
