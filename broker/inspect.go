@@ -55,14 +55,14 @@ func (b *ListQueue) Stats(ctx context.Context, queue string) (QueueStats, error)
 	}
 	var pending, scheduled, dead *redis.IntCmd
 	var tokens *redis.IntSliceCmd
-	wip := make([]*redis.IntCmd, len(consumers))
+	wip := make([]*redis.IntCmd, 0, 2*len(consumers))
 	_, err = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		pending = p.LLen(ctx, b.key(queue, "pending"))
 		tokens = p.LPosCount(ctx, b.key(queue, "pending"), "", 0, redis.LPosArgs{Rank: -1, MaxLen: tokenScan})
 		scheduled = p.ZCard(ctx, b.key(queue, "scheduled"))
 		dead = p.LLen(ctx, b.key(queue, "dead"))
-		for i, c := range consumers {
-			wip[i] = p.LLen(ctx, b.key(queue, "wip:"+c))
+		for _, c := range consumers { // in flight, and landed for a take under way
+			wip = append(wip, p.LLen(ctx, b.key(queue, "wip:"+c)), p.LLen(ctx, b.key(queue, "land:"+c)))
 		}
 		return nil
 	})
