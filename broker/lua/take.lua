@@ -39,26 +39,25 @@ local function deliver(id)
   end
 end
 
-while true do
-  local id = redis.call('LMOVE', KEYS[6], KEYS[2], 'RIGHT', 'LEFT')
-  if not id then
-    break
+-- move moves ids from list into the in-flight list, and delivers them,
+-- until list is empty or limit are taken.
+local function move(list, limit)
+  while taken < limit do
+    local id = redis.call('LMOVE', list, KEYS[2], 'RIGHT', 'LEFT')
+    if not id then
+      return
+    end
+    deliver(id)
   end
-  deliver(id)
 end
+
+move(KEYS[6], math.huge) -- the landed ids, all of them
 for i = 4, #ARGV do
   if redis.call('LPOS', KEYS[2], ARGV[i]) then
     deliver(ARGV[i])
   end
 end
-local max = tonumber(ARGV[3])
-while taken < max do
-  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not id then
-    break
-  end
-  deliver(id)
-end
+move(KEYS[1], tonumber(ARGV[3]))
 
 if taken > 0 then
   -- A consumer holding tasks must be registered, or nobody would reap it:
