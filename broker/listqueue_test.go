@@ -1278,3 +1278,26 @@ func TestLandedIDsAreNeverStranded(t *testing.T) {
 	require.Equal(t, []string{closing.TaskID}, client.LRange(ctx, pending, 0, -1).Val())
 	require.Zero(t, client.Exists(ctx, land).Val())
 }
+
+// A server that forgot the scripts while a consumer was blocked (a restart,
+// SCRIPT FLUSH) refuses the take behind the BLMOVE with NOSCRIPT: the next
+// round's take loads the script and delivers the landed task, and Fetch
+// reports no error.
+func TestABlockedTakeSurvivesAForgottenScript(t *testing.T) {
+	c, w, producer := watchedConsumer(t)
+	ctx := context.Background()
+	got := make(chan error, 1)
+	var ds []*broker.Delivery
+	go func() {
+		var err error
+		ds, err = c.Fetch(ctx, 10)
+		got <- err
+	}()
+	w.awaitBlocked(t)
+	require.NoError(t, producer.Client().ScriptFlush(ctx).Err())
+	m := kick(t, producer, "after the flush")
+	require.NoError(t, <-got)
+	require.Len(t, ds, 1)
+	require.Equal(t, m.TaskID, ds[0].ID)
+	require.NoError(t, c.Ack(ctx, ds...))
+}
