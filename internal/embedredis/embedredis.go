@@ -1,7 +1,8 @@
 // Package embedredis runs an in-process Redis (miniredis): the worker's
 // embedded default, and the tests' fallback on a machine without
 // redis-server. Its keys expire in real time: miniredis counts TTLs down
-// only when told to, so a clock goroutine tells it every few milliseconds.
+// only when told to, so a clock goroutine tells it, every few milliseconds
+// while it holds few keys.
 package embedredis
 
 import (
@@ -11,9 +12,15 @@ import (
 	"github.com/alicebob/miniredis/v2"
 )
 
-// tick is how often the clock moves miniredis's TTLs on: how late, at most,
-// a key expires.
-const tick = 10 * time.Millisecond
+// The clock's pace. FastForward walks every key, sorted, under miniredis's
+// lock, which stalls every command meanwhile: the clock waits idleFactor
+// times as long as its last walk took (at least minTick), so it holds the
+// lock at most 2 % of the time, and keys expire later the more there are
+// (a few milliseconds late for a test's keys; seconds late for a million).
+const (
+	minTick    = 10 * time.Millisecond
+	idleFactor = 50
+)
 
 // Server is a miniredis whose TTLs run on the wall clock.
 type Server struct {
@@ -36,17 +43,19 @@ func Start() (*Server, error) {
 
 func (s *Server) clock() {
 	defer close(s.done)
-	t := time.NewTicker(tick)
+	t := time.NewTimer(minTick)
 	defer t.Stop()
 	last := time.Now()
 	for {
 		select {
 		case <-s.stop:
 			return
-		case now := <-t.C:
-			s.FastForward(now.Sub(last))
-			last = now
+		case <-t.C:
 		}
+		now := time.Now()
+		s.FastForward(now.Sub(last))
+		last = now
+		t.Reset(max(minTick, idleFactor*time.Since(now)))
 	}
 }
 
