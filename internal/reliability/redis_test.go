@@ -167,9 +167,12 @@ func TestRedisRestartMidRun(t *testing.T) {
 	srv := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
 	rep := runLoad(t, srv, func() {
 		srv.Kill(t)
-		// Longer than go-redis's own retries (3, backing off up to 512 ms),
-		// which hide a shorter outage from everyone.
-		time.Sleep(1500 * time.Millisecond)
+		// Longer than go-redis's own retries, which hide a shorter outage
+		// from everyone: 3, backing off up to 512 ms, each dialling up to 5
+		// times 100 ms apart, and twice for a pipeline (its own pool, then
+		// the main one), as for a consumer blocked in BLMOVE with its take:
+		// about 2.5 s.
+		time.Sleep(3 * time.Second)
 		srv.Revive(t)
 	})
 	require.Positive(t, rep.failedDuring, "kicks during the outage failed and were reported to the producer")
