@@ -62,7 +62,7 @@ func (b *ListQueue) Stats(ctx context.Context, queue string) (QueueStats, error)
 		scheduled = p.ZCard(ctx, b.key(queue, "scheduled"))
 		dead = p.LLen(ctx, b.key(queue, "dead"))
 		for _, c := range consumers { // in flight, and landed for a take under way
-			wip = append(wip, p.LLen(ctx, b.key(queue, "wip:"+c)), p.LLen(ctx, b.key(queue, "land:"+c)))
+			wip = append(wip, p.LLen(ctx, b.wipKey(queue, c)), p.LLen(ctx, b.landKey(queue, c)))
 		}
 		return nil
 	})

@@ -148,11 +148,18 @@ func (c *lqConsumer) recoverOrphans(ctx context.Context, limit int) ([]*Delivery
 	return nil, nil
 }
 
-func (c *lqConsumer) wip(queue string) string { return c.b.key(queue, "wip:"+c.id) }
+// wipKey is consumer's in-flight list on queue; landKey the list its
+// BLMOVE moves an id into for the take.lua behind it (a BLMOVE that timed
+// out moved nothing: take cannot tell it from the in-flight list alone).
+func (b *ListQueue) wipKey(queue, consumer string) string  { return b.key(queue, "wip:"+consumer) }
+func (b *ListQueue) landKey(queue, consumer string) string { return b.key(queue, "land:"+consumer) }
+
+func (c *lqConsumer) wip(queue string) string  { return c.b.wipKey(queue, c.id) }
+func (c *lqConsumer) land(queue string) string { return c.b.landKey(queue, c.id) }
 
 // reapKeys are reap.lua's KEYS for consumer on queue.
 func (b *ListQueue) reapKeys(queue, consumer string) []string {
-	return []string{b.key(queue, "wip:"+consumer), b.key(queue, "pending"), b.key(queue, "consumers"), b.key(queue, "msg"), b.key(queue, "land:"+consumer)}
+	return []string{b.wipKey(queue, consumer), b.key(queue, "pending"), b.key(queue, "consumers"), b.key(queue, "msg"), b.landKey(queue, consumer)}
 }
 
 // lifeErr is Fetch's error once the consumer's life ended.
@@ -353,11 +360,6 @@ func (c *lqConsumer) takeArgs(q string, limit int, claimed []string) ([]string, 
 	}
 	return keys, args
 }
-
-// land is the list a BLMOVE moves an id into for the take.lua behind it
-// (a BLMOVE that timed out moved nothing: take cannot tell it from the
-// in-flight list alone).
-func (c *lqConsumer) land(queue string) string { return c.b.key(queue, "land:"+c.id) }
 
 // parseTake decodes take.lua's reply: {wait ms, {id, message, ...}}. A
 // message over maxSize is not decoded: its delivery carries the error.

@@ -102,15 +102,14 @@ func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
 			defer cancel()
 		}
 		c.flush(fctx, items)
-		c.handOver() // first: the next batch goes out while this one's callers wake
-		for _, q := range queued {
-			q.signal <- true
-		}
-		<-e.signal // its own
-		return nil
+	}
+	// The slot first: the next batch goes out while this one's callers wake
+	// (or, when another batch took this caller's item, while it waits).
+	c.handOver()
+	for _, q := range queued {
+		q.signal <- true
 	}
 	<-e.signal // flushed: the only signal left for a caller that holds a slot
-	c.handOver()
 	return nil
 }
 
