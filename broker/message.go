@@ -179,13 +179,28 @@ var messageEncoders = sync.Pool{New: func() any {
 	return e
 }}
 
+// maxPooledBuffer is the largest buffer put back in messageEncoders: a rare
+// huge message does not pin its buffer for good.
+const maxPooledBuffer = 64 << 10
+
+func getEncoder() *messageEncoder {
+	e := messageEncoders.Get().(*messageEncoder)
+	e.buf.Reset()
+	return e
+}
+
+func putEncoder(e *messageEncoder) {
+	if e.buf.Cap() <= maxPooledBuffer {
+		messageEncoders.Put(e)
+	}
+}
+
 // EncodeMessage writes m field by field, as msgpack.Marshal would by its
 // tags (a map keyed by the msgpack names, omitempty honoured) but without
 // reflection: it is on every kick's path.
 func (msgpackFormatter) EncodeMessage(m *Message) ([]byte, error) {
-	e := messageEncoders.Get().(*messageEncoder)
-	defer messageEncoders.Put(e)
-	e.buf.Reset()
+	e := getEncoder()
+	defer putEncoder(e)
 	enc := e.enc
 	n := 4
 	if m.Attempt != 0 {
@@ -263,12 +278,15 @@ func (msgpackFormatter) DecodeMessage(b []byte) (*Message, error) {
 	return &m, nil
 }
 
+// EncodeArgs encodes v as msgpack.Marshal would, through a pooled encoder:
+// one allocation, the copy returned.
 func (msgpackFormatter) EncodeArgs(v any) ([]byte, error) {
-	b, err := msgpack.Marshal(v)
-	if err != nil {
+	e := getEncoder()
+	defer putEncoder(e)
+	if err := e.enc.Encode(v); err != nil {
 		return nil, fmt.Errorf("kiq: encode arguments: %w", err)
 	}
-	return b, nil
+	return bytes.Clone(e.buf.Bytes()), nil
 }
 
 func (msgpackFormatter) DecodeArgs(b []byte, v any) error {
