@@ -404,7 +404,19 @@ type kickReq struct {
 	raw   []byte // msg encoded
 	index int    // KickMany: the message's place in its argument
 	err   error  // set by sendKicks
+
+	// The script's numeric arguments, set by sendKicks and passed by
+	// pointer: a pointer in an interface costs no allocation, where an
+	// int64 (or a string, or a slice) is boxed on the heap.
+	delay, ttl, grace int64
 }
+
+// kickRaw passes a kick's encoded message to the script without boxing the
+// slice: go-redis writes an encoding.BinaryMarshaler's bytes.
+type kickRaw kickReq
+
+// MarshalBinary returns the encoded message.
+func (r *kickRaw) MarshalBinary() ([]byte, error) { return r.raw, nil }
 
 // kickCall is one kick script call: the messages of one queue, at most
 // kickBatch of them.
@@ -431,16 +443,16 @@ func (b *ListQueue) sendKicks(ctx context.Context, ks []*kickReq) {
 			open[q] = c
 			calls = append(calls, c)
 		}
-		ttl, grace := int64(0), int64(-1)
+		k.delay, k.ttl, k.grace = k.msg.Delay().Milliseconds(), 0, -1
 		if l := k.msg.Lock; l != nil {
 			c.keys = append(c.keys, l.Key)
-			ttl = max(l.TTL.Milliseconds(), 1)
+			k.ttl = max(l.TTL.Milliseconds(), 1)
 			if l.TakeOver {
-				grace = max(l.Grace.Milliseconds(), 0)
+				k.grace = max(l.Grace.Milliseconds(), 0)
 			}
 		}
 		c.kicks = append(c.kicks, k)
-		c.args = append(c.args, k.msg.TaskID, k.raw, k.msg.Delay().Milliseconds(), ttl, grace)
+		c.args = append(c.args, &k.msg.TaskID, (*kickRaw)(k), &k.delay, &k.ttl, &k.grace)
 	}
 	if len(calls) == 0 {
 		return
