@@ -28,6 +28,11 @@ type Coalescer[T any] struct {
 	mu     sync.Mutex
 	queue  []*entry[T]
 	active int // batches in flight, at most parallel
+
+	// entries holds entries to reuse, an allocation less per call: when Do
+	// returns, every signal sent to its entry was received, and whoever
+	// sent one is done with it.
+	entries sync.Pool
 }
 
 type entry[T any] struct {
@@ -54,7 +59,12 @@ func NewCoalescer[T any](parallel int, flush func(ctx context.Context, items []T
 // error if ctx ended before the item went into a batch. An item whose batch
 // is in flight is always waited for.
 func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
-	e := &entry[T]{item: item, signal: make(chan bool, 2)}
+	e, _ := c.entries.Get().(*entry[T])
+	if e == nil {
+		e = &entry[T]{signal: make(chan bool, 2)}
+	}
+	defer c.release(e)
+	e.item = item
 	e.deadline, _ = ctx.Deadline()
 	c.mu.Lock()
 	c.queue = append(c.queue, e)
@@ -111,6 +121,13 @@ func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
 	}
 	<-e.signal // flushed: the only signal left for a caller that holds a slot
 	return nil
+}
+
+// release readies e for another call and pools it.
+func (c *Coalescer[T]) release(e *entry[T]) {
+	var zero T
+	e.item, e.deadline, e.leads = zero, time.Time{}, false
+	c.entries.Put(e)
 }
 
 // withdraw removes a waiting entry from the queue, unless it was promoted

@@ -229,3 +229,52 @@ func TestBothSlotsSurviveARush(t *testing.T) {
 		release <- struct{}{}
 	}
 }
+
+// Entries are reused from call to call: a call must still return nil once
+// its own item was flushed and never before, and a call that gives up must
+// leave nothing behind for the next call that gets its entry, through
+// every mix of promotions, withdrawals and late signals.
+func TestEachCallIsAnsweredForItsOwnItem(t *testing.T) {
+	const callers, calls = 32, 300
+	flushed := make([]atomic.Int64, callers*calls)
+	var inFlight, most atomic.Int64
+	c := batch.NewCoalescer(2, func(ctx context.Context, items []int) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		time.Sleep(time.Duration(items[0]%50) * time.Microsecond)
+		for _, i := range items {
+			flushed[i].Add(1)
+		}
+	})
+	var gaveUp atomic.Int64
+	var wg sync.WaitGroup
+	for g := range callers {
+		wg.Go(func() {
+			for i := range calls {
+				item := g*calls + i
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(item%7)*20*time.Microsecond)
+				err := c.Do(ctx, item)
+				cancel()
+				if err != nil {
+					require.ErrorIs(t, err, context.DeadlineExceeded)
+					gaveUp.Add(1)
+					continue
+				}
+				require.Equal(t, int64(1), flushed[item].Load(), "item %d: Do returned before its flush", item)
+			}
+		})
+	}
+	wg.Wait()
+	require.Positive(t, gaveUp.Load(), "some callers gave up")
+	require.LessOrEqual(t, most.Load(), int64(2), "at most two batches in flight")
+	for i := range flushed {
+		require.LessOrEqual(t, flushed[i].Load(), int64(1), "item %d flushed once at most", i)
+	}
+	ok := 0
+	for i := range flushed {
+		ok += int(flushed[i].Load())
+	}
+	require.Equal(t, callers*calls-int(gaveUp.Load()), ok, "every call that returned nil was flushed, and only those")
+}
