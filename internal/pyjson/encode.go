@@ -539,8 +539,9 @@ const hexDigits = "0123456789abcdef"
 // appendString appends s quoted as Python's json with ensure_ascii=True:
 // bytes ' '..'~' other than '"' and '\\' as they are, the usual short
 // escapes, and everything else as lowercase \uXXXX, with surrogate pairs
-// above U+FFFF and \ufffd for each byte of invalid UTF-8.
-func appendString(dst []byte, s string) []byte {
+// above U+FFFF and \ufffd for each byte of invalid UTF-8. s is a string or
+// bytes read in place from a msgpack document, which need no copy.
+func appendString[S ~string | ~[]byte](dst []byte, s S) []byte {
 	dst = append(dst, '"')
 	start := 0 // s[start:i] is pending, needing no escape
 	for i := 0; i < len(s); {
@@ -571,7 +572,7 @@ func appendString(dst []byte, s string) []byte {
 			}
 			i++
 		} else {
-			r, size := utf8.DecodeRuneInString(s[i:])
+			r, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))])) // no copy: a short conversion stays on the stack
 			i += size
 			if r >= 0x10000 {
 				r -= 0x10000

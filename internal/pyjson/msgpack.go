@@ -1,12 +1,12 @@
 package pyjson
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"unicode/utf8"
 )
 
@@ -149,7 +149,7 @@ func appendMsgpackString(dst, b []byte, n int) ([]byte, []byte, bool) {
 	if len(b) < n {
 		return nil, nil, false
 	}
-	return appendString(dst, string(b[:n])), b[n:], true
+	return appendString(dst, b[:n]), b[n:], true
 }
 
 func appendMsgpackArray(dst, b []byte, n, depth int) ([]byte, []byte, bool) {
@@ -169,7 +169,7 @@ func appendMsgpackArray(dst, b []byte, n, depth int) ([]byte, []byte, bool) {
 // msgpackEntry is one entry of a map being written: its key, and where its
 // value's JSON was written.
 type msgpackEntry struct {
-	key        string
+	key        []byte // in the document: UTF-8, so bytes sort as Python sorts str
 	start, end int
 }
 
@@ -192,12 +192,12 @@ func appendMsgpackMap(dst, b []byte, n, depth int) ([]byte, []byte, bool) {
 		}
 		entries = append(entries, msgpackEntry{key: key, start: start, end: len(dst)})
 	}
-	slices.SortFunc(entries, func(x, y msgpackEntry) int { return strings.Compare(x.key, y.key) })
+	slices.SortFunc(entries, func(x, y msgpackEntry) int { return bytes.Compare(x.key, y.key) })
 	assembled := len(dst)
 	dst = append(dst, '{')
 	for i, e := range entries {
 		if i > 0 {
-			if entries[i-1].key == e.key {
+			if bytes.Equal(entries[i-1].key, e.key) {
 				return nil, nil, false // the decoder keeps the last; leave it to the decoder
 			}
 			dst = append(dst, ", "...)
@@ -212,23 +212,23 @@ func appendMsgpackMap(dst, b []byte, n, depth int) ([]byte, []byte, bool) {
 }
 
 // readKey reads a map key: a str of valid UTF-8.
-func readKey(b []byte) (string, []byte, bool) {
+func readKey(b []byte) ([]byte, []byte, bool) {
 	if len(b) == 0 {
-		return "", nil, false
+		return nil, nil, false
 	}
 	c, b := b[0], b[1:]
 	n := int(c & 0x1f)
 	if c < 0xa0 || c > 0xbf {
 		if c != 0xd9 && c != 0xda && c != 0xdb {
-			return "", nil, false
+			return nil, nil, false
 		}
 		var ok bool
 		if n, b, ok = readLen(b, c); !ok {
-			return "", nil, false
+			return nil, nil, false
 		}
 	}
 	if len(b) < n || !utf8.Valid(b[:n]) {
-		return "", nil, false
+		return nil, nil, false
 	}
-	return string(b[:n]), b[n:], true
+	return b[:n], b[n:], true
 }
