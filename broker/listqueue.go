@@ -525,12 +525,12 @@ func kickResult(msg *Message, code byte, holder string) error {
 		return nil
 	case code == '2' && msg.Lock != nil:
 		if msg.Lock.TakenOver != nil {
-			msg.Lock.TakenOver(holder)
+			msg.Lock.TakenOver(msg, holder)
 		}
 		return nil
 	case code == '0' && msg.Lock != nil:
 		if msg.Lock.Held != nil {
-			return msg.Lock.Held(holder)
+			return msg.Lock.Held(msg, holder)
 		}
 		return fmt.Errorf("kiq: lock %s held by task %s", msg.Lock.Key, holder)
 	case code == 'x':

@@ -364,7 +364,7 @@ func TestBatchesCostOneRoundTrip(t *testing.T) {
 func lockMsg(client redis.UniversalClient, key string) *broker.Message {
 	return &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80},
 		Lock: &broker.Lock{Client: client, Key: key, TTL: time.Minute, TakeOver: true, Grace: 10 * time.Second,
-			Held: func(holder string) error { return &heldError{holder} }}}
+			Held: func(_ *broker.Message, holder string) error { return &heldError{holder} }}}
 }
 
 type heldError struct{ holder string }
@@ -451,9 +451,11 @@ func TestLockTakenInTheKickScript(t *testing.T) {
 	require.ErrorAs(t, b.Kick(ctx, noTakeOver), &held, "without TakeOver a stale lock stays held")
 	third := lockMsg(other, key)
 	var stale string
-	third.Lock.TakenOver = func(holder string) { stale = holder }
+	var reported *broker.Message
+	third.Lock.TakenOver = func(msg *broker.Message, holder string) { reported, stale = msg, holder }
 	require.NoError(t, b.Kick(ctx, third), "the holder exists nowhere in the queue")
 	require.Equal(t, first.TaskID, stale, "the takeover is reported with the stale holder")
+	require.Same(t, third, reported, "and with the message that took the lock over")
 	require.Equal(t, third.TaskID, client.Get(ctx, key).Val())
 	require.Equal(t, third.TaskID, fetchAll(t, c, 1)[0].ID)
 }
@@ -479,7 +481,7 @@ func TestKickOfAnExistingIDLeavesItsLockAsItWas(t *testing.T) {
 	require.NoError(t, client.Set(ctx, stale, gone, 30*time.Second).Err())
 	over := lockMsg(client, stale)
 	over.TaskID = queued.TaskID
-	over.Lock.TakenOver = func(string) { t.Error("no takeover is reported") }
+	over.Lock.TakenOver = func(*broker.Message, string) { t.Error("no takeover is reported") }
 	require.ErrorIs(t, b.Kick(ctx, over), broker.ErrTaskExists)
 	require.Equal(t, gone, client.Get(ctx, stale).Val(), "the lock goes back to its holder")
 	require.InDelta(t, 30*time.Second, client.PTTL(ctx, stale).Val(), float64(time.Second), "with its TTL")
@@ -516,7 +518,7 @@ func TestKickManyGivesEachMessageItsOutcome(t *testing.T) {
 	fresh := lockMsg(client, p+":fresh")
 	overB := lockMsg(client, p+":b")
 	var tookFrom string
-	overB.Lock.TakenOver = func(holder string) { tookFrom = holder }
+	overB.Lock.TakenOver = func(_ *broker.Message, holder string) { tookFrom = holder }
 	dup := &broker.Message{TaskID: existing.TaskID, TaskName: "t", Args: []byte{0x80}}
 	heldFresh := lockMsg(client, p+":fresh") // held by fresh, earlier in the same batch
 	last := &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}}

@@ -106,9 +106,11 @@ type Lock struct {
 	Key string
 	// TTL is how long the lock lives unless extended or released.
 	TTL time.Duration
-	// Held builds the error returned when another task holds the lock.
-	// holder is the id of that task.
-	Held func(holder string) error
+	// Held builds the error returned when another task holds the lock:
+	// msg is the message whose kick found it held, holder the id of that
+	// task. (The message is passed, not captured, so that one function
+	// serves every kick.)
+	Held func(msg *Message, holder string) error
 	// TakeOver lets the broker take a held lock over when its holder is a
 	// task id Kiq generated ([IsGeneratedTaskID]) that exists nowhere on the
 	// message's queue (not pending, scheduled, in flight or awaiting a
@@ -119,9 +121,9 @@ type Lock struct {
 	// Grace is the remaining life under which a lock is never taken over;
 	// see TakeOver.
 	Grace time.Duration
-	// TakenOver, when set, is called after the broker took the lock over
+	// TakenOver, when set, is called after the broker took msg's lock over
 	// from holder.
-	TakenOver func(holder string)
+	TakenOver func(msg *Message, holder string)
 	// Released, when set on a [Message.Unlock], is called after the
 	// consumer's settling script (ack or dead letter) deleted the lock: the
 	// task still held it. It is not called when the lock was gone or held

@@ -70,6 +70,12 @@ type Middleware struct {
 	running map[string]*heldLock // lock key -> lock of a running task
 	stop    context.CancelFunc   // stops the heartbeat
 	done    chan struct{}        // closed when the heartbeat ended
+
+	// The callbacks of the locks the broker takes and releases, made once
+	// rather than per task.
+	held      func(msg *broker.Message, holder string) error
+	takenOver func(msg *broker.Message, holder string)
+	released  func()
 }
 
 type heldLock struct {
@@ -95,6 +101,9 @@ func New(url string, opts ...Option) (*Middleware, error) {
 		return nil, fmt.Errorf("kiq: dedup: startup retries and delay must not be negative")
 	}
 	m := &Middleware{cfg: cfg, log: cfg.logger, running: make(map[string]*heldLock)}
+	m.held = func(msg *broker.Message, holder string) error { return m.duplicate(msg, msg.Lock.Key, holder) }
+	m.takenOver = func(msg *broker.Message, holder string) { m.tookOver(msg, msg.Lock.Key, holder) }
+	m.released = func() { m.stats.released.Add(1) }
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -200,10 +209,10 @@ func (m *Middleware) PreSend(ctx context.Context, msg *broker.Message) error {
 			Client:    m.client,
 			Key:       key,
 			TTL:       m.sendTTL(msg),
-			Held:      func(holder string) error { return m.duplicate(msg, key, holder) },
+			Held:      m.held,
 			TakeOver:  m.cfg.selfHeal,
 			Grace:     m.cfg.graceTTL,
-			TakenOver: func(holder string) { m.tookOver(msg, key, holder) },
+			TakenOver: m.takenOver,
 		}
 		m.stats.taken.Add(1) // counted back by OnSendError if the send fails
 		return nil
@@ -466,7 +475,7 @@ func (m *Middleware) PostExecute(ctx context.Context, msg *broker.Message, res *
 		// The broker releases it in the script that settles the delivery,
 		// with no round trip of its own, and reports the release; nothing
 		// is released if the delivery is handed back instead.
-		msg.Unlock = &broker.Lock{Client: m.client, Key: key, Released: func() { m.stats.released.Add(1) }}
+		msg.Unlock = &broker.Lock{Client: m.client, Key: key, Released: m.released}
 		return
 	}
 	m.release(ctx, msg.TaskName, key, msg.TaskID)
