@@ -402,3 +402,54 @@ func (p *Proxy) close() {
 	p.mu.Unlock()
 	p.wg.Wait()
 }
+
+// StartCluster returns a Redis Cluster of the test's own: n masters, no
+// replicas, the 16384 slots split evenly between them, ready (every node
+// reports cluster_state:ok and knows all n) when it returns; its nodes stop
+// when the test ends. It skips the test on a machine without redis-server.
+func StartCluster(tb testing.TB, n int) []*Server {
+	tb.Helper()
+	RequireReal(tb, "Redis Cluster")
+	nodes := make([]*Server, n)
+	buses := make([]int, n)
+	for i := range nodes {
+		bus, err := freePort()
+		if err != nil {
+			tb.Fatalf("redistest: %v", err)
+		}
+		buses[i] = bus
+		nodes[i] = Start(tb, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-port", strconv.Itoa(bus))
+	}
+	ctx := context.Background()
+	first := nodes[0].Client(tb)
+	for i, s := range nodes {
+		c := s.Client(tb)
+		if err := c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", i*16384/n, (i+1)*16384/n-1).Err(); err != nil {
+			tb.Fatalf("redistest: cluster slots of %s: %v", s.addr, err)
+		}
+		if i == 0 {
+			continue
+		}
+		host, port, _ := net.SplitHostPort(s.addr)
+		if err := first.Do(ctx, "CLUSTER", "MEET", host, port, buses[i]).Err(); err != nil {
+			tb.Fatalf("redistest: cluster meet %s: %v", s.addr, err)
+		}
+	}
+	want := []string{"cluster_state:ok", "cluster_known_nodes:" + strconv.Itoa(n)}
+	deadline := time.Now().Add(20 * time.Second)
+	for _, s := range nodes {
+		c := s.Client(tb)
+		for {
+			info, err := c.ClusterInfo(ctx).Result()
+			if err == nil && strings.Contains(info, want[0]) && strings.Contains(info, want[1]) {
+				break
+			}
+			if time.Now().After(deadline) {
+				tb.Fatalf("redistest: the cluster did not form: %s: %v\n%s", s.addr, err, info)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return nodes
+}
