@@ -401,22 +401,49 @@ func (b *ListQueue) KickMany(ctx context.Context, msgs []*Message) []error {
 // kickReq is one message on its way to the kick script, and its outcome.
 type kickReq struct {
 	msg   *Message
-	raw   []byte // msg encoded
-	index int    // KickMany: the message's place in its argument
-	err   error  // set by sendKicks
+	raw   bytesArg // msg encoded
+	index int      // KickMany: the message's place in its argument
+	err   error    // set by sendKicks
 
-	// The script's numeric arguments, set by sendKicks and passed by
-	// pointer: a pointer in an interface costs no allocation, where an
-	// int64 (or a string, or a slice) is boxed on the heap.
-	delay, ttl, grace int64
+	// The message's other arguments to the script, set by sendKicks.
+	id                stringArg
+	delay, ttl, grace intArg
 }
 
-// kickRaw passes a kick's encoded message to the script without boxing the
-// slice: go-redis writes an encoding.BinaryMarshaler's bytes.
-type kickRaw kickReq
+// A kick's arguments to the kick script go to go-redis as pointers into
+// the kick: a pointer in an interface costs no allocation, where a string,
+// a slice or an int64 is copied to the heap. go-redis writes each through
+// its MarshalBinary, and shows it (in a trace's statement, say) through its
+// String, as it would show the value itself.
+type (
+	stringArg struct {
+		s   string
+		buf [32]byte // room for a generated task id
+	}
+	bytesArg []byte
+	intArg   struct {
+		n   int64
+		buf [20]byte
+	}
+)
 
-// MarshalBinary returns the encoded message.
-func (r *kickRaw) MarshalBinary() ([]byte, error) { return r.raw, nil }
+// MarshalBinary returns the string's bytes.
+func (a *stringArg) MarshalBinary() ([]byte, error) { return append(a.buf[:0], a.s...), nil }
+
+// String returns the string.
+func (a *stringArg) String() string { return a.s }
+
+// MarshalBinary returns the bytes.
+func (a *bytesArg) MarshalBinary() ([]byte, error) { return *a, nil }
+
+// String returns the bytes as a string.
+func (a *bytesArg) String() string { return string(*a) }
+
+// MarshalBinary returns the integer in decimal.
+func (a *intArg) MarshalBinary() ([]byte, error) { return strconv.AppendInt(a.buf[:0], a.n, 10), nil }
+
+// String returns the integer in decimal.
+func (a *intArg) String() string { return strconv.FormatInt(a.n, 10) }
 
 // kickCall is one kick script call: the messages of one queue, at most
 // kickBatch of them.
@@ -443,16 +470,16 @@ func (b *ListQueue) sendKicks(ctx context.Context, ks []*kickReq) {
 			open[q] = c
 			calls = append(calls, c)
 		}
-		k.delay, k.ttl, k.grace = k.msg.Delay().Milliseconds(), 0, -1
+		k.id.s, k.delay.n, k.ttl.n, k.grace.n = k.msg.TaskID, k.msg.Delay().Milliseconds(), 0, -1
 		if l := k.msg.Lock; l != nil {
 			c.keys = append(c.keys, l.Key)
-			k.ttl = max(l.TTL.Milliseconds(), 1)
+			k.ttl.n = max(l.TTL.Milliseconds(), 1)
 			if l.TakeOver {
-				k.grace = max(l.Grace.Milliseconds(), 0)
+				k.grace.n = max(l.Grace.Milliseconds(), 0)
 			}
 		}
 		c.kicks = append(c.kicks, k)
-		c.args = append(c.args, &k.msg.TaskID, (*kickRaw)(k), &k.delay, &k.ttl, &k.grace)
+		c.args = append(c.args, &k.id, &k.raw, &k.delay, &k.ttl, &k.grace)
 	}
 	if len(calls) == 0 {
 		return

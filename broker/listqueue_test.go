@@ -367,6 +367,50 @@ func lockMsg(client redis.UniversalClient, key string) *broker.Message {
 			Held: func(_ *broker.Message, holder string) error { return &heldError{holder} }}}
 }
 
+// statements records the text of every command, as a tracing hook shows it.
+type statements struct {
+	mu   sync.Mutex
+	cmds []string
+}
+
+func (s *statements) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (s *statements) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		s.mu.Lock()
+		s.cmds = append(s.cmds, cmd.String())
+		s.mu.Unlock()
+		return err
+	}
+}
+func (s *statements) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// The kick script's arguments are passed as pointers into the kick (no
+// allocation); a hook that shows the command, as a tracer does, still reads
+// their values, not addresses.
+func TestAKickReadsAsItsArgumentsInATrace(t *testing.T) {
+	client := redistest.Shared(t).Client(t)
+	seen := &statements{}
+	client.AddHook(seen)
+	p := redistest.Prefix(t)
+	b, err := broker.NewListQueue("", broker.WithClient(client), broker.WithKeyPrefix(p))
+	require.NoError(t, err)
+	msg := lockMsg(client, p+":lock")
+	require.NoError(t, b.Kick(context.Background(), msg))
+	var kick string
+	for _, c := range seen.cmds {
+		if strings.HasPrefix(c, "evalsha ") {
+			kick = c
+		}
+	}
+	raw, err := broker.Msgpack.EncodeMessage(msg)
+	require.NoError(t, err)
+	require.Contains(t, kick, " "+msg.TaskID+" "+string(raw)+" 0 60000 10000", "id, message, delay, TTL and grace")
+	require.NotContains(t, kick, "0xc")
+}
+
 type heldError struct{ holder string }
 
 func (e *heldError) Error() string { return "held by " + e.holder }
