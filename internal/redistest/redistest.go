@@ -114,8 +114,8 @@ func Real() bool {
 
 // RequireReal skips the test, and says why, when it would run against
 // miniredis: for tests of what only redis-server has (needs names it:
-// persistence, TLS, CLIENT PAUSE, CONFIG SET). CI refuses miniredis, so
-// there they always run.
+// persistence, TLS, CLIENT PAUSE, CONFIG SET, Redis Cluster). CI refuses
+// miniredis, so there they always run.
 func RequireReal(tb testing.TB, needs string) {
 	tb.Helper()
 	if !Real() {
