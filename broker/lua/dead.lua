@@ -11,7 +11,7 @@
 --          deleted too, 0 when the task was no longer in flight (nothing
 --          done); dropped counts the oldest dead letters trimmed off the list
 --          to keep it at the limit.
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then -- from the tail: see ack.lua
   return {0, 0}
 end
 redis.call('HDEL', KEYS[2], ARGV[1])

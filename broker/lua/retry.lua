@@ -7,7 +7,7 @@
 -- ARGV[2]  encoded message (attempt counter raised)
 -- ARGV[3]  delay in ms
 -- Returns  1, or 0 when the task was no longer in flight (nothing done).
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then -- from the tail: see ack.lua
   return 0
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
