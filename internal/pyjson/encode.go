@@ -204,6 +204,13 @@ func appendMap(dst []byte, m map[string]any, depth int) ([]byte, error) {
 	for k := range m {
 		keys = append(keys, k)
 	}
+	return appendObject(dst, keys, func(k string) any { return m[k] }, depth)
+}
+
+// appendObject appends the object of keys, each with its value, in the
+// order Python sorts the keys (see sortKeys); the object is found inside
+// depth containers.
+func appendObject(dst []byte, keys []string, value func(key string) any, depth int) ([]byte, error) {
 	if err := sortKeys(keys); err != nil {
 		return nil, err
 	}
@@ -215,7 +222,7 @@ func appendMap(dst []byte, m map[string]any, depth int) ([]byte, error) {
 		dst = appendString(dst, k)
 		dst = append(dst, ": "...)
 		var err error
-		if dst, err = appendValue(dst, m[k], depth+1); err != nil {
+		if dst, err = appendValue(dst, value(k), depth+1); err != nil {
 			return nil, err
 		}
 	}
@@ -361,22 +368,7 @@ func appendReflectMap(dst []byte, rv reflect.Value, depth int) ([]byte, error) {
 	if len(vals) != len(keys) { // map[any]any with "a" and a named string "a"
 		return nil, errors.New("pyjson: duplicate map key")
 	}
-	if err := sortKeys(keys); err != nil {
-		return nil, err
-	}
-	dst = append(dst, '{')
-	for i, k := range keys {
-		if i > 0 {
-			dst = append(dst, ", "...)
-		}
-		dst = appendString(dst, k)
-		dst = append(dst, ": "...)
-		var err error
-		if dst, err = appendValue(dst, vals[k].Interface(), depth+1); err != nil {
-			return nil, err
-		}
-	}
-	return append(dst, '}'), nil
+	return appendObject(dst, keys, func(k string) any { return vals[k].Interface() }, depth)
 }
 
 // appendFloat32 appends f as the float64 its shortest decimal reads as.
