@@ -418,8 +418,11 @@ type blocked struct {
 func (c *lqConsumer) block(ctx context.Context, q string, limit int, wait time.Duration) ([]*Delivery, error) {
 	got := make(chan blocked) // unbuffered: a result is either received or handed back
 	gaveUp := make(chan struct{})
-	c.busy.Add(1)   // within a Fetch's count, so Close waits for it
-	c.moves.RLock() // within the Fetch's, until the result is received or given back
+	c.busy.Add(1) // within a Fetch's count, so Close waits for it
+	// Within the Fetch's, until the result is received (unlocked here: were
+	// blmove to unlock after its send, the Fetch's next recoverOrphans could
+	// find moves still locked and skip its turn) or given back (by blmove).
+	c.moves.RLock()
 	go c.blmove(ctx, q, limit, wait, got, gaveUp)
 	var timeout <-chan time.Time
 	if wait < c.b.maxBlock {
@@ -429,6 +432,7 @@ func (c *lqConsumer) block(ctx context.Context, q string, limit int, wait time.D
 	}
 	select {
 	case r := <-got:
+		c.moves.RUnlock()
 		return r.ds, r.err
 	case <-timeout:
 		close(gaveUp)
@@ -444,7 +448,6 @@ func (c *lqConsumer) block(ctx context.Context, q string, limit int, wait time.D
 
 func (c *lqConsumer) blmove(ctx context.Context, q string, limit int, wait time.Duration, got chan<- blocked, gaveUp <-chan struct{}) {
 	defer c.busy.Done()
-	defer c.moves.RUnlock()
 	ctx = context.WithoutCancel(ctx)
 	secs := strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)
 	keys, args := c.takeArgs(q, limit, nil)
@@ -468,9 +471,10 @@ func (c *lqConsumer) blmove(ctx context.Context, q string, limit int, wait time.
 		r.err = fmt.Errorf("kiq: fetch: %w", err)
 	}
 	select {
-	case got <- r:
+	case got <- r: // block unlocks moves
 	case <-gaveUp:
 		c.giveBack(q, r.ds)
+		c.moves.RUnlock()
 	}
 }
 
