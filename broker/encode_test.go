@@ -1,12 +1,16 @@
 package broker_test
 
 import (
+	"bytes"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/kiq-go/kiq/broker"
 	"github.com/stretchr/testify/require"
 	"github.com/vmihailenco/msgpack/v5"
+	"pgregory.net/rapid"
 )
 
 // The hand-written encoder must say what msgpack.Marshal says by the
@@ -79,4 +83,83 @@ func BenchmarkDecodeMessage(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// The hand-written decoder must read what msgpack's reflection reads by the
+// struct's tags, field for field: envelopes with their keys in any order,
+// repeated, unknown, nil, in other encodings (str8, bin, wide integers), or
+// of the wrong type, give the same message or both an error.
+func TestDecodeMessageMatchesTheTags(t *testing.T) {
+	names := []string{"task_id", "task_name", "labels", "args", "attempt", "enqueued_at", "other", "", "Task_id", "a_key_longer_than_any_field"}
+	rapid.Check(t, func(t *rapid.T) {
+		var buf bytes.Buffer
+		enc := msgpack.NewEncoder(&buf)
+		valid := rapid.Bool().Draw(t, "valid") // starts with a task id and name
+		n := rapid.IntRange(0, 8).Draw(t, "fields")
+		if valid {
+			require.NoError(t, enc.EncodeMapLen(n+2))
+			require.NoError(t, enc.EncodeString("task_id"))
+			require.NoError(t, enc.EncodeString("id"))
+			require.NoError(t, enc.EncodeString("task_name"))
+			require.NoError(t, enc.EncodeString("t"))
+		} else {
+			require.NoError(t, enc.EncodeMapLen(n))
+		}
+		for i := range n {
+			key := rapid.SampledFrom(names).Draw(t, fmt.Sprint("key", i))
+			switch rapid.IntRange(0, 3).Draw(t, fmt.Sprint("keyForm", i)) {
+			case 0:
+				buf.Write(append([]byte{0xd9, byte(len(key))}, key...)) // str8 where fixstr would do
+			case 1:
+				require.NoError(t, enc.EncodeBytes([]byte(key)))
+			default:
+				require.NoError(t, enc.EncodeString(key))
+			}
+			// Half the values are of the field's type, the others anything.
+			kind := rapid.IntRange(0, 9).Draw(t, fmt.Sprint("value", i))
+			if rapid.Bool().Draw(t, fmt.Sprint("fits", i)) {
+				kind = map[string]int{"task_id": 1, "task_name": 2, "labels": 6, "attempt": 3, "enqueued_at": 5, "args": 8}[key] // 0 (nil) for the others
+			}
+			var err error
+			switch kind {
+			case 0:
+				err = enc.EncodeNil()
+			case 1:
+				err = enc.EncodeString(rapid.StringN(0, 8, -1).Draw(t, "s"))
+			case 2:
+				err = enc.EncodeBytes([]byte(rapid.StringN(0, 8, -1).Draw(t, "b")))
+			case 3:
+				err = enc.EncodeInt(rapid.Int64().Draw(t, "i"))
+			case 4:
+				err = enc.EncodeInt64(rapid.Int64Range(-3, 3).Draw(t, "i64")) // always 9 bytes
+			case 5:
+				err = enc.EncodeUint64(rapid.Uint64().Draw(t, "u64"))
+			case 6:
+				err = enc.Encode(map[string]any{"timeout": 5, "tags": []string{"a"}, "on": true, "f": 1.5})
+			case 7:
+				err = enc.Encode(map[string]any{})
+			case 8:
+				err = enc.Encode([]any{1, "x", nil})
+			default:
+				err = enc.EncodeFloat64(2.5)
+			}
+			require.NoError(t, err)
+		}
+		raw := buf.Bytes()
+
+		var want broker.Message
+		d := msgpack.NewDecoder(bytes.NewReader(raw))
+		d.UseLooseInterfaceDecoding(true)
+		wantErr := d.Decode(&want)
+		if wantErr == nil && (want.TaskID == "" || want.TaskName == "" || want.Attempt < 0) {
+			wantErr = errors.New("invalid")
+		}
+		got, err := broker.Msgpack.DecodeMessage(raw)
+		if wantErr != nil {
+			require.ErrorIs(t, err, broker.ErrMalformed, "msgpack: %v", wantErr)
+			return
+		}
+		require.NoError(t, err)
+		require.Equal(t, &want, got)
+	})
 }

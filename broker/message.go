@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
 // Message is the envelope of one task on the wire. Only the outermost call
@@ -266,10 +267,12 @@ func (msgpackFormatter) DecodeMessage(b []byte) (*Message, error) {
 	if err := checkMsgpack(b); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	var m Message
-	d := newDecoder(b)
-	if err := d.Decode(&m); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	m, ok := decodeEnvelope(b)
+	if !ok {
+		m = new(Message)
+		if err := newDecoder(b).Decode(m); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
 	}
 	if m.TaskID == "" || m.TaskName == "" {
 		return nil, fmt.Errorf("%w: missing task_id or task_name", ErrMalformed)
@@ -277,7 +280,102 @@ func (msgpackFormatter) DecodeMessage(b []byte) (*Message, error) {
 	if m.Attempt < 0 {
 		return nil, fmt.Errorf("%w: negative attempt %d", ErrMalformed, m.Attempt)
 	}
-	return &m, nil
+	return m, nil
+}
+
+// messageDecoder is a pooled decoder, the reader it reads from, and room
+// for a key.
+type messageDecoder struct {
+	r   bytes.Reader
+	dec *msgpack.Decoder
+	key [len("enqueued_at")]byte // the longest name
+}
+
+var messageDecoders = sync.Pool{New: func() any {
+	e := &messageDecoder{}
+	e.dec = msgpack.NewDecoder(&e.r) // reads straight from r: bytes.Reader is a byte scanner
+	return e
+}}
+
+// decodeEnvelope decodes b, a map, field by field as msgpack.Unmarshal
+// would by Message's tags (the primitives its reflection calls, nil-aware
+// like it for the labels and the arguments), but without reflection: it is
+// on every delivery's path. ok is false for what it leaves to msgpack: a
+// top-level value that is not a map (a nil, or a struct encoded as an
+// array), a key longer than any field's name, and any error, which msgpack
+// then reports.
+func decodeEnvelope(b []byte) (m *Message, ok bool) {
+	if len(b) == 0 || !(b[0] >= 0x80 && b[0] <= 0x8f || b[0] == 0xde || b[0] == 0xdf) {
+		return nil, false
+	}
+	e := messageDecoders.Get().(*messageDecoder)
+	defer func() {
+		e.r.Reset(nil) // the pool keeps no message
+		messageDecoders.Put(e)
+	}()
+	e.r.Reset(b)
+	d := e.dec
+	d.Reset(&e.r)
+	d.UseLooseInterfaceDecoding(true)
+	n, err := d.DecodeMapLen()
+	if err != nil {
+		return nil, false
+	}
+	m = new(Message)
+	for range n {
+		kn, err := d.DecodeBytesLen() // -1 for a nil key, which msgpack reads as ""
+		if err != nil || kn > len(e.key) {
+			return nil, false
+		}
+		k := e.key[:max(kn, 0)]
+		if err := d.ReadFull(k); err != nil {
+			return nil, false
+		}
+		switch string(k) {
+		case "task_id":
+			m.TaskID, err = d.DecodeString()
+		case "task_name":
+			m.TaskName, err = d.DecodeString()
+		case "labels":
+			m.Labels = nil
+			var isNil bool
+			if isNil, err = readNil(d); err == nil && !isNil {
+				err = m.Labels.DecodeMsgpack(d)
+			}
+		case "args":
+			// The value's bytes, as msgpack.RawMessage decodes them, copied
+			// from b at once rather than recorded as the decoder skips them.
+			m.Args = nil
+			var isNil bool
+			if isNil, err = readNil(d); err == nil && !isNil {
+				start := len(b) - e.r.Len()
+				err = d.Skip()
+				m.Args = bytes.Clone(b[start : len(b)-e.r.Len()])
+			}
+		case "attempt":
+			var a int64
+			a, err = d.DecodeInt64()
+			m.Attempt = int(a)
+		case "enqueued_at":
+			m.EnqueuedAt, err = d.DecodeInt64()
+		default:
+			err = d.Skip()
+		}
+		if err != nil {
+			return nil, false
+		}
+	}
+	return m, true
+}
+
+// readNil reads a nil if one comes next. For a nil, msgpack leaves a field
+// whose type decodes itself (Labels, RawMessage) at its zero value.
+func readNil(d *msgpack.Decoder) (bool, error) {
+	c, err := d.PeekCode()
+	if err != nil || c != msgpcode.Nil {
+		return false, err
+	}
+	return true, d.DecodeNil()
 }
 
 // EncodeArgs encodes v as msgpack.Marshal would, through a pooled encoder:
