@@ -147,10 +147,7 @@ func TestDecodeMessageMatchesTheTags(t *testing.T) {
 		}
 		raw := buf.Bytes()
 
-		var want broker.Message
-		d := msgpack.NewDecoder(bytes.NewReader(raw))
-		d.UseLooseInterfaceDecoding(true)
-		wantErr := d.Decode(&want)
+		want, wantErr := decodeByTags(raw)
 		if wantErr == nil && (want.TaskID == "" || want.TaskName == "" || want.Attempt < 0) {
 			wantErr = errors.New("invalid")
 		}
@@ -162,4 +159,15 @@ func TestDecodeMessageMatchesTheTags(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, &want, got)
 	})
+}
+
+// decodeByTags decodes raw as msgpack's reflection does by Message's tags,
+// with the formatter's loose decoding of interface values: what
+// DecodeMessage must agree with.
+func decodeByTags(raw []byte) (broker.Message, error) {
+	var m broker.Message
+	d := msgpack.NewDecoder(bytes.NewReader(raw))
+	d.UseLooseInterfaceDecoding(true)
+	err := d.Decode(&m)
+	return m, err
 }

@@ -305,7 +305,7 @@ var messageDecoders = sync.Pool{New: func() any {
 // array), a key longer than any field's name, and any error, which msgpack
 // then reports.
 func decodeEnvelope(b []byte) (m *Message, ok bool) {
-	if len(b) == 0 || !(b[0] >= 0x80 && b[0] <= 0x8f || b[0] == 0xde || b[0] == 0xdf) {
+	if len(b) == 0 || !(msgpcode.IsFixedMap(b[0]) || b[0] == msgpcode.Map16 || b[0] == msgpcode.Map32) {
 		return nil, false
 	}
 	e := messageDecoders.Get().(*messageDecoder)
