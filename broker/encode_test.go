@@ -85,6 +85,27 @@ func BenchmarkDecodeMessage(b *testing.B) {
 	}
 }
 
+// BenchmarkDecodeArgs decodes a task's arguments into a struct, as the
+// worker does before every run.
+func BenchmarkDecodeArgs(b *testing.B) {
+	type args struct {
+		User  string   `msgpack:"user"`
+		Count int      `msgpack:"count"`
+		Tags  []string `msgpack:"tags"`
+	}
+	raw, err := broker.Msgpack.EncodeArgs(args{User: "ada", Count: 3, Tags: []string{"a", "b"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		var v args
+		if err := broker.Msgpack.DecodeArgs(raw, &v); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // The hand-written decoder must read what msgpack's reflection reads by the
 // struct's tags, field for field: envelopes with their keys in any order,
 // repeated, unknown, nil, in other encodings (str8, bin, wide integers), or

@@ -102,6 +102,24 @@ func TestAnExtensionWhereAMapBelongsIsRefused(t *testing.T) {
 	require.Equal(t, map[any]any{int64(1): int64(2)}, u.M)
 }
 
+// Decoders are pooled: one that stopped halfway through a value of the
+// wrong type reads the next arguments from their start, with the same
+// settings (integers in an any as int64).
+func TestDecodeArgsAfterAFailedDecode(t *testing.T) {
+	type named struct {
+		Name string `msgpack:"name"`
+		N    any    `msgpack:"n"`
+	}
+	for range 3 {
+		var bad named
+		err := broker.Msgpack.DecodeArgs([]byte{0x82, 0xa4, 'n', 'a', 'm', 'e', 0x92, 0x01, 0x02, 0xa1, 'n', 0x07}, &bad)
+		require.ErrorIs(t, err, broker.ErrMalformed)
+		var good named
+		require.NoError(t, broker.Msgpack.DecodeArgs([]byte{0x82, 0xa4, 'n', 'a', 'm', 'e', 0xa2, 'o', 'k', 0xa1, 'n', 0x07}, &good))
+		require.Equal(t, named{Name: "ok", N: int64(7)}, good)
+	}
+}
+
 func FuzzDecodeMessage(f *testing.F) {
 	good, _ := broker.Msgpack.EncodeMessage(&broker.Message{TaskID: "id", TaskName: "t",
 		Labels: broker.Labels{"deduplication_key_fields": []string{"a"}, "timeout": int64(5)}, Args: []byte{0x81, 0xa1, 'a', 0x01}, Attempt: 1})

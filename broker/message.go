@@ -254,12 +254,6 @@ func encodeLabels(enc *msgpack.Encoder, l Labels) error {
 	return nil
 }
 
-func newDecoder(b []byte) *msgpack.Decoder {
-	d := msgpack.NewDecoder(bytes.NewReader(b))
-	d.UseLooseInterfaceDecoding(true)
-	return d
-}
-
 func (msgpackFormatter) DecodeMessage(b []byte) (*Message, error) {
 	if len(b) > maxDecodeLen {
 		return nil, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
@@ -267,13 +261,17 @@ func (msgpackFormatter) DecodeMessage(b []byte) (*Message, error) {
 	if err := checkMsgpack(b); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	m, ok := decodeEnvelope(b)
+	e := getDecoder(b)
+	m, ok := decodeEnvelope(e, b)
 	if !ok {
 		m = new(Message)
-		if err := newDecoder(b).Decode(m); err != nil {
+		e.reset(b)
+		if err := e.dec.Decode(m); err != nil {
+			putDecoder(e)
 			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 		}
 	}
+	putDecoder(e)
 	if m.TaskID == "" || m.TaskName == "" {
 		return nil, fmt.Errorf("%w: missing task_id or task_name", ErrMalformed)
 	}
@@ -283,19 +281,42 @@ func (msgpackFormatter) DecodeMessage(b []byte) (*Message, error) {
 	return m, nil
 }
 
-// messageDecoder is a pooled decoder, the reader it reads from, and room
-// for a key.
-type messageDecoder struct {
+// decoder is a pooled msgpack decoder, the reader it reads from, and room
+// for an envelope's key.
+type decoder struct {
 	r   bytes.Reader
 	dec *msgpack.Decoder
 	key [len("enqueued_at")]byte // the longest name
 }
 
-var messageDecoders = sync.Pool{New: func() any {
-	e := &messageDecoder{}
+var decoders = sync.Pool{New: func() any {
+	e := &decoder{}
 	e.dec = msgpack.NewDecoder(&e.r) // reads straight from r: bytes.Reader is a byte scanner
 	return e
 }}
+
+// getDecoder returns a pooled decoder reading b; give it back with
+// putDecoder.
+func getDecoder(b []byte) *decoder {
+	e := decoders.Get().(*decoder)
+	e.reset(b)
+	return e
+}
+
+// reset makes e read b from its start, with loose interface decoding (a
+// map[string]any's integers as int64, its floats as float64), the way
+// every decoder of Kiq's is set.
+func (e *decoder) reset(b []byte) {
+	e.r.Reset(b)
+	e.dec.Reset(&e.r)
+	e.dec.UseLooseInterfaceDecoding(true)
+}
+
+// putDecoder pools e, holding no bytes of what it read.
+func putDecoder(e *decoder) {
+	e.r.Reset(nil)
+	decoders.Put(e)
+}
 
 // decodeEnvelope decodes b, a map, field by field as msgpack.Unmarshal
 // would by Message's tags (the primitives its reflection calls, nil-aware
@@ -304,19 +325,11 @@ var messageDecoders = sync.Pool{New: func() any {
 // top-level value that is not a map (a nil, or a struct encoded as an
 // array), a key longer than any field's name, and any error, which msgpack
 // then reports.
-func decodeEnvelope(b []byte) (m *Message, ok bool) {
+func decodeEnvelope(e *decoder, b []byte) (m *Message, ok bool) {
 	if len(b) == 0 || !(msgpcode.IsFixedMap(b[0]) || b[0] == msgpcode.Map16 || b[0] == msgpcode.Map32) {
 		return nil, false
 	}
-	e := messageDecoders.Get().(*messageDecoder)
-	defer func() {
-		e.r.Reset(nil) // the pool keeps no message
-		messageDecoders.Put(e)
-	}()
-	e.r.Reset(b)
 	d := e.dec
-	d.Reset(&e.r)
-	d.UseLooseInterfaceDecoding(true)
 	n, err := d.DecodeMapLen()
 	if err != nil {
 		return nil, false
@@ -393,7 +406,9 @@ func (msgpackFormatter) DecodeArgs(b []byte, v any) error {
 	if err := checkMsgpack(b); err != nil {
 		return fmt.Errorf("%w: arguments: %v", ErrMalformed, err)
 	}
-	d := newDecoder(b)
+	e := getDecoder(b)
+	defer putDecoder(e)
+	d := e.dec
 	if m, ok := v.(*map[string]any); ok {
 		// msgpack decodes into a *map[string]any without its registered
 		// decoder (see decodeMap); its own decoder is used instead.
