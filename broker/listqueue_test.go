@@ -27,7 +27,7 @@ func TestMain(m *testing.M) { redistest.Main(m) }
 
 // newListQueue returns a list broker on the shared private Redis, with a key
 // prefix of the test's own.
-func newListQueue(t *testing.T, opts ...broker.ListQueueOption) *broker.ListQueue {
+func newListQueue(t testing.TB, opts ...broker.ListQueueOption) *broker.ListQueue {
 	t.Helper()
 	srv := redistest.Shared(t)
 	opts = append([]broker.ListQueueOption{broker.WithKeyPrefix(redistest.Prefix(t))}, opts...)
@@ -811,10 +811,7 @@ func TestAConsumerTakenForDeadRegistersAgain(t *testing.T) {
 }
 
 func BenchmarkKick(b *testing.B) {
-	srv := redistest.Shared(b)
-	q, err := broker.NewListQueue(srv.URL(), broker.WithKeyPrefix(redistest.Prefix(b)))
-	require.NoError(b, err)
-	defer q.Shutdown(context.Background())
+	q := newListQueue(b)
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -825,10 +822,7 @@ func BenchmarkKick(b *testing.B) {
 }
 
 func BenchmarkFetchAck(b *testing.B) {
-	srv := redistest.Shared(b)
-	q, err := broker.NewListQueue(srv.URL(), broker.WithKeyPrefix(redistest.Prefix(b)))
-	require.NoError(b, err)
-	defer q.Shutdown(context.Background())
+	q := newListQueue(b)
 	ctx := context.Background()
 	c, err := q.Consume(ctx, broker.ConsumeOptions{})
 	require.NoError(b, err)
@@ -924,10 +918,7 @@ func TestWakeUpTokensAreNotTasks(t *testing.T) {
 // takes to receive a task after Kick returns: no polling, so well under a
 // millisecond on a local Redis.
 func BenchmarkKickToStart(b *testing.B) {
-	srv := redistest.Shared(b)
-	q, err := broker.NewListQueue(srv.URL(), broker.WithKeyPrefix(redistest.Prefix(b)))
-	require.NoError(b, err)
-	defer q.Shutdown(context.Background())
+	q := newListQueue(b)
 	ctx := context.Background()
 	c, err := q.Consume(ctx, broker.ConsumeOptions{})
 	require.NoError(b, err)
@@ -963,10 +954,7 @@ func BenchmarkKickToStart(b *testing.B) {
 }
 
 func BenchmarkKickMany(b *testing.B) {
-	srv := redistest.Shared(b)
-	q, err := broker.NewListQueue(srv.URL(), broker.WithKeyPrefix(redistest.Prefix(b)))
-	require.NoError(b, err)
-	defer q.Shutdown(context.Background())
+	q := newListQueue(b)
 	ctx := context.Background()
 	msgs := make([]*broker.Message, 1000)
 	b.ReportAllocs()
