@@ -309,9 +309,13 @@ func (c *memConsumer) HandBack(ctx context.Context, ds ...*Delivery) error {
 
 // handBackLocked puts ds back at the head of their queues, in order.
 func (c *memConsumer) handBackLocked(ds []*Delivery) {
-	for i := len(ds) - 1; i >= 0; i-- {
-		q := c.b.queue(ds[i].Queue)
-		q.ready = append([][]byte{ds[i].Raw}, q.ready...)
+	front := map[string][][]byte{} // queue -> its messages handed back, in order
+	for _, d := range ds {
+		front[d.Queue] = append(front[d.Queue], d.Raw)
+	}
+	for name, raws := range front {
+		q := c.b.queue(name)
+		q.ready = append(raws, q.ready...)
 	}
 	close(c.b.changed)
 	c.b.changed = make(chan struct{})
