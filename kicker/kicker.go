@@ -112,14 +112,61 @@ func (k *Kicker[Args]) Kiq(ctx context.Context, args Args) (*Handle, error) {
 // (the Redis broker: one round trip per thousand). It returns a handle per
 // task that was sent, and an error per task that was not (nil where it
 // was), in the order of args.
+//
+// More than manyChunk tasks go in chunks, sent one after the other in the
+// order of args; the next chunk's messages are built, and their send hooks
+// run, while the broker sends the one before.
 func (k *Kicker[Args]) KiqMany(ctx context.Context, args []Args) ([]*Handle, []error) {
-	t := k.target
 	handles := make([]*Handle, len(args))
 	errs := make([]error, len(args))
-	msgs := make([]*broker.Message, 0, len(args))
-	at := make([]int, 0, len(args))
-	for i, a := range args {
-		m, err := k.Message(a)
+	var wg sync.WaitGroup
+	var panicked any // a hook's panic in a chunk's goroutine, for the caller
+	var once sync.Once
+	sent := make(chan struct{}) // closed once the chunk before was sent
+	close(sent)
+	if len(args) <= manyChunk {
+		k.kiqChunk(ctx, args, 0, len(args), handles, errs, sent, make(chan struct{}))
+		return handles, errs
+	}
+	for start := 0; start < len(args); start += manyChunk {
+		end := min(start+manyChunk, len(args))
+		prev, done := sent, make(chan struct{})
+		sent = done
+		wg.Go(func() {
+			defer func() {
+				if p := recover(); p != nil {
+					once.Do(func() { panicked = p })
+				}
+			}()
+			k.kiqChunk(ctx, args, start, end, handles, errs, prev, done)
+		})
+		<-prev // at most two chunks under way: the one sent, the one built
+	}
+	wg.Wait()
+	if panicked != nil {
+		panic(panicked)
+	}
+	return handles, errs
+}
+
+// manyChunk is how many tasks KiqMany builds and sends at a time.
+const manyChunk = 10000
+
+// kiqChunk builds and sends the tasks args[start:end] of a KiqMany, and
+// fills in their handles and errs. Its messages go to the broker once prev
+// is closed; done is closed once they were sent (or none was left to
+// send), never before prev.
+func (k *Kicker[Args]) kiqChunk(ctx context.Context, args []Args, start, end int, handles []*Handle, errs []error, prev <-chan struct{}, done chan<- struct{}) {
+	release := sync.OnceFunc(func() { close(done) })
+	defer func() {
+		<-prev
+		release()
+	}()
+	t := k.target
+	msgs := make([]*broker.Message, 0, end-start)
+	at := make([]int, 0, end-start)
+	for i := start; i < end; i++ {
+		m, err := k.Message(args[i])
 		if err != nil {
 			errs[i] = err
 			continue
@@ -131,6 +178,8 @@ func (k *Kicker[Args]) KiqMany(ctx context.Context, args []Args) ([]*Handle, []e
 		at = append(at, i)
 	}
 	sendErrs := t.Chain().SendMany(ctx, msgs, func(ctx context.Context, ms []*broker.Message) []error {
+		<-prev
+		defer release()
 		return broker.KickMany(ctx, t.Broker, ms)
 	})
 	for j, m := range msgs {
@@ -140,7 +189,6 @@ func (k *Kicker[Args]) KiqMany(ctx context.Context, args []Args) ([]*Handle, []e
 		}
 		handles[at[j]] = &Handle{taskID: m.TaskID}
 	}
-	return handles, errs
 }
 
 // Message builds the message Kiq would send for args, without sending it.
