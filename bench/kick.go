@@ -45,23 +45,20 @@ type bulkSender interface {
 	sendMany(ctx context.Context, args []benchArgs) error
 }
 
-// bulkN kicks n tasks in bulk calls of a thousand from one caller where the
-// system has a bulk kick, else with 64 concurrent callers; tasks/s.
+// bulkN kicks n tasks in one bulk call from one caller where the system
+// has a bulk kick, else with 64 concurrent callers; tasks/s.
 func bulkN(ctx context.Context, sys system, n int) (float64, error) {
 	bs, ok := sys.(bulkSender)
 	if !ok {
 		return sendN(ctx, sys, 64, n)
 	}
 	start := time.Now()
-	batch := make([]benchArgs, 0, 1000)
-	for i := 1; i <= n; i++ {
-		batch = append(batch, benchArgs{N: int64(i)})
-		if len(batch) == cap(batch) || i == n {
-			if err := bs.sendMany(ctx, batch); err != nil {
-				return 0, fmt.Errorf("send: %w", err)
-			}
-			batch = batch[:0]
-		}
+	args := make([]benchArgs, n)
+	for i := range args {
+		args[i] = benchArgs{N: int64(i + 1)}
+	}
+	if err := bs.sendMany(ctx, args); err != nil {
+		return 0, fmt.Errorf("send: %w", err)
 	}
 	return float64(n) / time.Since(start).Seconds(), nil
 }

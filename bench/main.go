@@ -215,7 +215,7 @@ func main() {
 		b.add("4. kick→start p99, asynq TaskCheckInterval=1ms (ms)", unitMS, res[0][1], res[2][1])
 	}
 	if runs(5) {
-		label := fmt.Sprintf("5. bulk kick %d: Kiq KiqMany (1 caller, batches of 1000) vs asynq (64 callers) (tasks/s)", sz.bulkN)
+		label := fmt.Sprintf("5. bulk kick %d: Kiq one KiqMany vs asynq (64 callers) (tasks/s)", sz.bulkN)
 		res := b.run(label, []maker{newKiq(false), newAsynq(false, 0)}, func(ctx context.Context, s system) ([]float64, error) {
 			r, err := bulkN(ctx, s, sz.bulkN)
 			return []float64{r}, err
