@@ -8,6 +8,7 @@ import (
 	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kiq-go/kiq/broker"
@@ -113,38 +114,18 @@ func (k *Kicker[Args]) Kiq(ctx context.Context, args Args) (*Handle, error) {
 // task that was sent, and an error per task that was not (nil where it
 // was), in the order of args.
 //
-// More than manyChunk tasks go in chunks, sent one after the other in the
-// order of args; the next chunk's messages are built, and their send hooks
-// run, while the broker sends the one before.
+// More than manyChunk tasks go in chunks, one after the other in the order
+// of args: the next chunk's messages are built, and their send hooks run,
+// while the broker sends the one before. A chunk not started when ctx ends
+// is not built; its tasks get ctx's error. A hook's panic reaches the
+// caller once the chunks under way are done; no chunk starts after it.
 func (k *Kicker[Args]) KiqMany(ctx context.Context, args []Args) ([]*Handle, []error) {
 	handles := make([]*Handle, len(args))
 	errs := make([]error, len(args))
-	var wg sync.WaitGroup
-	var panicked any // a hook's panic in a chunk's goroutine, for the caller
-	var once sync.Once
-	sent := make(chan struct{}) // closed once the chunk before was sent
-	close(sent)
 	if len(args) <= manyChunk {
-		k.kiqChunk(ctx, args, 0, len(args), handles, errs, sent, make(chan struct{}))
-		return handles, errs
-	}
-	for start := 0; start < len(args); start += manyChunk {
-		end := min(start+manyChunk, len(args))
-		prev, done := sent, make(chan struct{})
-		sent = done
-		wg.Go(func() {
-			defer func() {
-				if p := recover(); p != nil {
-					once.Do(func() { panicked = p })
-				}
-			}()
-			k.kiqChunk(ctx, args, start, end, handles, errs, prev, done)
-		})
-		<-prev // at most two chunks under way: the one sent, the one built
-	}
-	wg.Wait()
-	if panicked != nil {
-		panic(panicked)
+		k.kiqRange(ctx, args, 0, len(args), handles, errs, k.kickMany)
+	} else {
+		k.kiqChunks(ctx, args, handles, errs)
 	}
 	return handles, errs
 }
@@ -152,16 +133,14 @@ func (k *Kicker[Args]) KiqMany(ctx context.Context, args []Args) ([]*Handle, []e
 // manyChunk is how many tasks KiqMany builds and sends at a time.
 const manyChunk = 10000
 
-// kiqChunk builds and sends the tasks args[start:end] of a KiqMany, and
-// fills in their handles and errs. Its messages go to the broker once prev
-// is closed; done is closed once they were sent (or none was left to
-// send), never before prev.
-func (k *Kicker[Args]) kiqChunk(ctx context.Context, args []Args, start, end int, handles []*Handle, errs []error, prev <-chan struct{}, done chan<- struct{}) {
-	release := sync.OnceFunc(func() { close(done) })
-	defer func() {
-		<-prev
-		release()
-	}()
+// kickMany sends msgs through the task's broker, in bulk where it can.
+func (k *Kicker[Args]) kickMany(ctx context.Context, msgs []*broker.Message) []error {
+	return broker.KickMany(ctx, k.target.Broker, msgs)
+}
+
+// kiqRange builds the messages of args[start:end], passes them through the
+// middleware chain to send, and fills in their handles and errs.
+func (k *Kicker[Args]) kiqRange(ctx context.Context, args []Args, start, end int, handles []*Handle, errs []error, send func(context.Context, []*broker.Message) []error) {
 	t := k.target
 	msgs := make([]*broker.Message, 0, end-start)
 	at := make([]int, 0, end-start)
@@ -177,11 +156,7 @@ func (k *Kicker[Args]) kiqChunk(ctx context.Context, args []Args, start, end int
 		msgs = append(msgs, m)
 		at = append(at, i)
 	}
-	sendErrs := t.Chain().SendMany(ctx, msgs, func(ctx context.Context, ms []*broker.Message) []error {
-		<-prev
-		defer release()
-		return broker.KickMany(ctx, t.Broker, ms)
-	})
+	sendErrs := t.Chain().SendMany(ctx, msgs, send)
 	for j, m := range msgs {
 		if err := sendErrs[j]; err != nil {
 			errs[at[j]] = kickError(t.Name, err)
@@ -189,6 +164,92 @@ func (k *Kicker[Args]) kiqChunk(ctx context.Context, args []Args, start, end int
 		}
 		handles[at[j]] = &Handle{taskID: m.TaskID}
 	}
+}
+
+// kiqChunks is KiqMany in chunks of manyChunk, each on a goroutine of its
+// own, two at most under way: one chunk's send hooks run only once the
+// chunk before's have, its send once the chunk before was sent, and its
+// post-send hooks once the chunk before's have run.
+func (k *Kicker[Args]) kiqChunks(ctx context.Context, args []Args, handles []*Handle, errs []error) {
+	var wg sync.WaitGroup
+	var stopped atomic.Bool
+	panics := make([]any, (len(args)+manyChunk-1)/manyChunk)
+	prev, older := closedTurn(), closedTurn()
+	for c := range panics {
+		start, end := c*manyChunk, min((c+1)*manyChunk, len(args))
+		<-prev.built
+		<-older.finished
+		if stopped.Load() {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			for i := start; i < len(args); i++ {
+				errs[i] = kickError(k.target.Name, err)
+			}
+			break
+		}
+		p, cur := prev, newTurn(prev)
+		wg.Go(func() {
+			defer func() {
+				if r := recover(); r != nil {
+					panics[c] = r
+					stopped.Store(true)
+				}
+				cur.end(p)
+			}()
+			k.kiqRange(ctx, args, start, end, handles, errs, func(ctx context.Context, msgs []*broker.Message) []error {
+				cur.closeBuilt()
+				<-p.sent
+				sendErrs := k.kickMany(ctx, msgs)
+				cur.closeSent()
+				<-p.finished
+				return sendErrs
+			})
+		})
+		prev, older = cur, prev
+	}
+	wg.Wait()
+	for _, r := range panics {
+		if r != nil {
+			panic(r)
+		}
+	}
+}
+
+// turn orders a chunk of a KiqMany after the chunk before: each of its
+// channels is closed once the chunk has passed that step, never before the
+// chunk before has.
+type turn struct {
+	built    chan struct{} // its send hooks ran
+	sent     chan struct{} // the broker has its messages
+	finished chan struct{} // its post-send hooks ran
+
+	closeBuilt, closeSent func()
+}
+
+func newTurn(prev *turn) *turn {
+	t := &turn{built: make(chan struct{}), sent: make(chan struct{}), finished: make(chan struct{})}
+	t.closeBuilt = sync.OnceFunc(func() { close(t.built) })
+	t.closeSent = sync.OnceFunc(func() { <-prev.sent; close(t.sent) })
+	return t
+}
+
+// closedTurn is the turn before the first chunk's.
+func closedTurn() *turn {
+	t := newTurn(nil)
+	close(t.built)
+	close(t.sent)
+	close(t.finished)
+	return t
+}
+
+// end closes what the chunk has not closed yet, when it is done or
+// panicked, each after the chunk before's.
+func (t *turn) end(prev *turn) {
+	t.closeBuilt()
+	t.closeSent()
+	<-prev.finished
+	close(t.finished)
 }
 
 // Message builds the message Kiq would send for args, without sending it.

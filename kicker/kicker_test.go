@@ -16,6 +16,7 @@ import (
 	"github.com/kiq-go/kiq/middleware"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
 type Args struct {
@@ -156,12 +157,12 @@ func (s *slowFirstSend) KickMany(ctx context.Context, msgs []*broker.Message) []
 	return errs
 }
 
-// hook logs the send hook of the first message of each chunk, and fails
-// the messages whose N is in fail.
+// hook logs the send hooks of the first and last message of each chunk,
+// and fails the messages for which fail is true.
 type hook struct {
 	middleware.Base
 	b    *slowFirstSend
-	fail map[int]bool
+	fail func(n int) bool
 }
 
 func (h hook) PreSend(_ context.Context, m *broker.Message) error {
@@ -169,32 +170,62 @@ func (h hook) PreSend(_ context.Context, m *broker.Message) error {
 	if err := broker.Msgpack.DecodeArgs(m.Args, &a); err != nil {
 		return err
 	}
-	if a.N%kicker.ManyChunk == 0 {
+	switch a.N % kicker.ManyChunk {
+	case 0:
 		h.b.record(fmt.Sprintf("hook %d", a.N))
+	case kicker.ManyChunk - 1:
+		h.b.record(fmt.Sprintf("last hook %d", a.N))
 	}
 	if a.N == kicker.ManyChunk {
 		close(h.b.ahead)
 	}
-	if h.fail[a.N] {
+	if h.fail(a.N) {
 		return fmt.Errorf("refused %d", a.N)
 	}
 	return nil
 }
 
-// A KiqMany of more than one chunk queues its tasks in the order of its
-// arguments, though the next chunk is built and its hooks run while the
-// chunk before is sent; each error and handle is at its task's place.
-func TestKiqManyChunksAreSentInOrderAndBuiltAhead(t *testing.T) {
-	b := &slowFirstSend{InMemory: broker.NewInMemory(), ahead: make(chan struct{})}
-	n := 2*kicker.ManyChunk + 7
-	fail := map[int]bool{0: true, kicker.ManyChunk - 1: true, kicker.ManyChunk: true, n - 1: true}
-	b.WithMiddlewares(hook{b: b, fail: fail})
+// kiqMany kicks Args{0} to Args{n-1} through b's chain with hook h, as
+// KiqMany, under task ids job-0 to job-(n-1).
+func kiqMany(b broker.Broker, n int) ([]*kicker.Handle, []error) {
 	args := make([]Args, n)
 	for i := range args {
 		args[i] = Args{N: i}
 	}
-	k := kicker.New[Args](&kicker.Target{Broker: b, Name: "t"}).WithTaskID("job")
-	handles, errs := k.KiqMany(context.Background(), args)
+	return kicker.New[Args](&kicker.Target{Broker: b, Name: "t"}).WithTaskID("job").KiqMany(context.Background(), args)
+}
+
+// queued returns the N of every task pending on b, in the order they come.
+func queued(t *testing.T, b *slowFirstSend) []int {
+	ctx := context.Background()
+	s, err := b.Stats(ctx, broker.DefaultQueue)
+	require.NoError(t, err)
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	defer c.Close(ctx)
+	var got []int
+	for int64(len(got)) < s.Pending {
+		ds, err := c.Fetch(ctx, 1000)
+		require.NoError(t, err)
+		for _, d := range ds {
+			var a Args
+			require.NoError(t, broker.Msgpack.DecodeArgs(d.Message.Args, &a))
+			got = append(got, a.N)
+		}
+	}
+	return got
+}
+
+// A KiqMany of more than one chunk queues its tasks in the order of its
+// arguments, though the next chunk is built and its hooks run while the
+// chunk before is sent; the hooks of one chunk run after the chunk
+// before's; each error and handle is at its task's place.
+func TestKiqManyChunksAreSentInOrderAndBuiltAhead(t *testing.T) {
+	b := &slowFirstSend{InMemory: broker.NewInMemory(), ahead: make(chan struct{})}
+	n := 2*kicker.ManyChunk + 7
+	fail := map[int]bool{0: true, kicker.ManyChunk - 1: true, kicker.ManyChunk: true, n - 1: true}
+	b.WithMiddlewares(hook{b: b, fail: func(n int) bool { return fail[n] }})
+	handles, errs := kiqMany(b, n)
 	for i := range n {
 		if fail[i] {
 			require.ErrorContains(t, errs[i], fmt.Sprintf("kiq: kick t: refused %d", i))
@@ -204,29 +235,79 @@ func TestKiqManyChunksAreSentInOrderAndBuiltAhead(t *testing.T) {
 		require.NoError(t, errs[i])
 		require.Equal(t, fmt.Sprintf("job-%d", i), handles[i].TaskID())
 	}
-	// The two first chunks are built at once; the third once the first
-	// was sent. The sends go one after the other.
-	sends := slices.DeleteFunc(slices.Clone(b.log), func(e string) bool { return strings.HasPrefix(e, "hook ") })
-	require.Equal(t, []string{fmt.Sprintf("send %d", kicker.ManyChunk-2), "sent", fmt.Sprintf("send %d", kicker.ManyChunk-1), "sent", "send 6", "sent"}, sends)
-	firstSent := slices.Index(b.log, "sent")
-	require.Less(t, slices.Index(b.log, fmt.Sprintf("hook %d", kicker.ManyChunk)), firstSent, b.log)
-	require.Greater(t, slices.Index(b.log, fmt.Sprintf("hook %d", 2*kicker.ManyChunk)), firstSent, b.log)
-
-	ctx := context.Background()
-	c, err := b.Consume(ctx, broker.ConsumeOptions{})
-	require.NoError(t, err)
-	defer c.Close(ctx)
-	var got []int
-	for len(got) < n-len(fail) {
-		ds, err := c.Fetch(ctx, 1000)
-		require.NoError(t, err)
-		for _, d := range ds {
-			var a Args
-			require.NoError(t, broker.Msgpack.DecodeArgs(d.Message.Args, &a))
-			got = append(got, a.N)
-		}
+	sends := slices.DeleteFunc(slices.Clone(b.log), func(e string) bool { return strings.Contains(e, "hook ") })
+	require.Equal(t, []string{fmt.Sprintf("send %d", kicker.ManyChunk-2), "sent", fmt.Sprintf("send %d", kicker.ManyChunk-1), "sent", "send 6", "sent"}, sends, "one send after the other")
+	before := func(first, then string) {
+		t.Helper()
+		i, j := slices.Index(b.log, first), slices.Index(b.log, then)
+		require.True(t, i >= 0 && j >= 0 && i < j, "%q before %q: %v", first, then, b.log)
 	}
+	before(fmt.Sprintf("last hook %d", kicker.ManyChunk-1), fmt.Sprintf("hook %d", kicker.ManyChunk)) // a chunk's hooks after the chunk before's
+	before(fmt.Sprintf("hook %d", kicker.ManyChunk), "sent")                                          // built while the first is sent
+	before(fmt.Sprintf("last hook %d", 2*kicker.ManyChunk-1), fmt.Sprintf("hook %d", 2*kicker.ManyChunk))
+	before("sent", fmt.Sprintf("hook %d", 2*kicker.ManyChunk)) // two chunks at most under way
+	got := queued(t, b)
+	require.Len(t, got, n-len(fail))
 	require.True(t, slices.IsSorted(got), "queued in the order of the arguments")
+}
+
+// A chunk none of whose tasks passed its send hooks sends nothing, and
+// the chunks after it are sent all the same.
+func TestKiqManyAfterAChunkThatSentNothing(t *testing.T) {
+	b := &slowFirstSend{InMemory: broker.NewInMemory(), ahead: make(chan struct{})}
+	n := 3 * kicker.ManyChunk
+	b.WithMiddlewares(hook{b: b, fail: func(n int) bool { return n < kicker.ManyChunk }})
+	handles, errs := kiqMany(b, n)
+	for i := range n {
+		require.Equal(t, i < kicker.ManyChunk, errs[i] != nil, i)
+		require.Equal(t, i < kicker.ManyChunk, handles[i] == nil, i)
+	}
+	got := queued(t, b)
+	require.Len(t, got, 2*kicker.ManyChunk)
+	require.True(t, slices.IsSorted(got))
+}
+
+// cancelling cancels its context in the send hook of the task at.
+type cancelling struct {
+	middleware.Base
+	at     int
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	last   int // the highest N whose hook ran
+}
+
+func (c *cancelling) PreSend(_ context.Context, m *broker.Message) error {
+	var a Args
+	if err := broker.Msgpack.DecodeArgs(m.Args, &a); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.last = max(c.last, a.N)
+	c.mu.Unlock()
+	if a.N == c.at {
+		c.cancel()
+	}
+	return nil
+}
+
+// Once the context of a KiqMany ends, the chunks not started yet are not
+// built: their tasks get its error, and no hook runs for them.
+func TestKiqManyStopsBuildingChunksWhenTheContextEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b := broker.NewInMemory()
+	mw := &cancelling{at: kicker.ManyChunk + 5, cancel: cancel}
+	b.WithMiddlewares(mw)
+	args := make([]Args, 4*kicker.ManyChunk)
+	for i := range args {
+		args[i] = Args{N: i}
+	}
+	handles, errs := kicker.New[Args](&kicker.Target{Broker: b, Name: "t"}).KiqMany(ctx, args)
+	for i := 2 * kicker.ManyChunk; i < len(args); i++ {
+		require.ErrorIs(t, errs[i], context.Canceled, i)
+		require.Nil(t, handles[i])
+	}
+	require.Less(t, mw.last, 2*kicker.ManyChunk, "no hook ran for the chunks after the one that saw the end")
 }
 
 type panicking struct {
@@ -242,17 +323,22 @@ func (p panicking) PreSend(_ context.Context, m *broker.Message) error {
 	return nil
 }
 
-// A send hook's panic in a later chunk, built on a goroutine of KiqMany's,
-// reaches KiqMany's caller, as it does in the first; no goroutine is left.
+// A send hook's panic in any chunk reaches KiqMany's caller, with its own
+// value, once the chunks under way are done; the chunks before it were
+// sent, none after it is, and no goroutine is left.
 func TestKiqManyPanicsInAChunkReachTheCaller(t *testing.T) {
-	for _, at := range []int{1, kicker.ManyChunk + 1} {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	for _, c := range []int{0, 1, 2} {
 		b := broker.NewInMemory()
-		b.WithMiddlewares(panicking{at: at})
-		args := make([]Args, 2*kicker.ManyChunk)
+		b.WithMiddlewares(panicking{at: c*kicker.ManyChunk + 1})
+		args := make([]Args, 3*kicker.ManyChunk)
 		for i := range args {
 			args[i] = Args{N: i}
 		}
 		k := kicker.New[Args](&kicker.Target{Broker: b, Name: "t"})
-		require.PanicsWithValue(t, "hook panicked", func() { k.KiqMany(context.Background(), args) }, "at %d", at)
+		require.PanicsWithValue(t, "hook panicked", func() { k.KiqMany(context.Background(), args) }, "chunk %d", c)
+		s, err := b.Stats(context.Background(), broker.DefaultQueue)
+		require.NoError(t, err)
+		require.Equal(t, int64(c*kicker.ManyChunk), s.Pending, "chunk %d", c)
 	}
 }
