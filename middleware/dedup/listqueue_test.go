@@ -237,6 +237,30 @@ func TestKiqManyDeduplicatesWithinAndAcrossBatches(t *testing.T) {
 	}
 }
 
+// A KiqMany of several chunks (the kicker's, of 10 000) keeps the first of
+// two same-fingerprint tasks, whichever chunks they are in.
+func TestKiqManyDeduplicatesAcrossChunks(t *testing.T) {
+	b, _, _, _ := listQueue(t)
+	tk := welcome(t, b)
+	ctx := context.Background()
+	args := make([]WelcomeArgs, 25000)
+	for i := range args {
+		args[i] = WelcomeArgs{UserID: i % 12000, Locale: "en"} // 13 000 repeats
+	}
+	handles, errs := tk.KiqMany(ctx, args)
+	for i, err := range errs {
+		if i < 12000 {
+			require.NoError(t, err, i)
+			require.NotNil(t, handles[i], i)
+			continue
+		}
+		require.ErrorIs(t, err, dedup.ErrDuplicateTask, i)
+	}
+	stats, err := b.Stats(ctx, broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Equal(t, int64(12000), stats.Pending)
+}
+
 // A fresh first attempt starts without a round trip for its lock, and the
 // lock is released by the ack script; an old or retried one is checked.
 func TestWorkerSideLockCallsRideOnTheBrokersScripts(t *testing.T) {
