@@ -198,14 +198,21 @@ func (fixedRetrier) RetryDelay(msg *broker.Message, err error) (time.Duration, b
 	return 10 * time.Millisecond, on && int64(msg.Attempt) < limit
 }
 
+// welcomes returns n welcome arguments for users 0 to distinct-1 over and
+// over: the ones past distinct repeat the first ones' lock keys.
+func welcomes(n, distinct int) []WelcomeArgs {
+	args := make([]WelcomeArgs, n)
+	for i := range args {
+		args[i] = WelcomeArgs{UserID: i % distinct, Locale: "en"}
+	}
+	return args
+}
+
 func TestKiqManyDeduplicatesWithinAndAcrossBatches(t *testing.T) {
 	b, _, client, _ := listQueue(t)
 	tk := welcome(t, b)
 	ctx := context.Background()
-	args := make([]WelcomeArgs, 2500)
-	for i := range args {
-		args[i] = WelcomeArgs{UserID: i % 2000, Locale: "en"} // 500 repeats
-	}
+	args := welcomes(2500, 2000) // 500 repeats
 	_, err := tk.Kiq(ctx, WelcomeArgs{UserID: -1}) // loads the kick script
 	require.NoError(t, err)
 	counter := &commandCounter{}
@@ -243,10 +250,7 @@ func TestKiqManyDeduplicatesAcrossChunks(t *testing.T) {
 	b, _, _, _ := listQueue(t)
 	tk := welcome(t, b)
 	ctx := context.Background()
-	args := make([]WelcomeArgs, 25000)
-	for i := range args {
-		args[i] = WelcomeArgs{UserID: i % 12000, Locale: "en"} // 13 000 repeats
-	}
+	args := welcomes(25000, 12000) // 13 000 repeats
 	handles, errs := tk.KiqMany(ctx, args)
 	for i, err := range errs {
 		if i < 12000 {
