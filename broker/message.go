@@ -318,10 +318,10 @@ func putDecoder(e *decoder) {
 	decoders.Put(e)
 }
 
-// decodeEnvelope decodes b, a map, field by field as msgpack.Unmarshal
-// would by Message's tags (the primitives its reflection calls, nil-aware
-// like it for the labels and the arguments), but without reflection: it is
-// on every delivery's path. ok is false for what it leaves to msgpack: a
+// decodeEnvelope decodes b, a map that e reads from its start, field by
+// field as msgpack.Unmarshal would by Message's tags (the primitives its
+// reflection calls, nil-aware like it for the labels and the arguments),
+// but without reflection: it is on every delivery's path. ok is false for what it leaves to msgpack: a
 // top-level value that is not a map (a nil, or a struct encoded as an
 // array), a key longer than any field's name, and any error, which msgpack
 // then reports.
