@@ -212,7 +212,7 @@ func TestKiqManyDeduplicatesWithinAndAcrossBatches(t *testing.T) {
 	b, _, client, _ := listQueue(t)
 	tk := welcome(t, b)
 	ctx := context.Background()
-	args := welcomes(2500, 2000) // 500 repeats
+	args := welcomes(2500, 2000)                   // 500 repeats
 	_, err := tk.Kiq(ctx, WelcomeArgs{UserID: -1}) // loads the kick script
 	require.NoError(t, err)
 	counter := &commandCounter{}
