@@ -450,9 +450,13 @@ func (a *intArg) String() string { return strconv.FormatInt(a.n, 10) }
 type kickCall struct {
 	kicks []*kickReq
 	keys  []string
+	plain bool // no message has a lock or a delay
 	args  []any
 	cmd   *redis.Cmd
 }
+
+// The kick script's first argument: how many arguments each message has.
+var plainKick, fullKick any = "2", "5"
 
 // sendKicks kicks ks, grouped by queue in script calls of at most kickBatch
 // messages, all sent in one pipeline, and sets each one's err.
@@ -464,8 +468,8 @@ func (b *ListQueue) sendKicks(ctx context.Context, ks []*kickReq) {
 		c := open[q]
 		if c == nil || len(c.kicks) == kickBatch {
 			c = &kickCall{
-				keys: []string{b.key(q, "msg"), b.key(q, "pending"), b.key(q, "scheduled")},
-				args: make([]any, 0, 5*min(len(ks), kickBatch)),
+				keys:  []string{b.key(q, "msg"), b.key(q, "pending"), b.key(q, "scheduled")},
+				plain: true,
 			}
 			open[q] = c
 			calls = append(calls, c)
@@ -478,11 +482,26 @@ func (b *ListQueue) sendKicks(ctx context.Context, ks []*kickReq) {
 				k.grace.n = max(l.Grace.Milliseconds(), 0)
 			}
 		}
+		c.plain = c.plain && k.ttl.n == 0 && k.delay.n <= 0
 		c.kicks = append(c.kicks, k)
-		c.args = append(c.args, &k.id, &k.raw, &k.delay, &k.ttl, &k.grace)
 	}
 	if len(calls) == 0 {
 		return
+	}
+	for _, c := range calls { // see kick.lua: two arguments per plain message, else five
+		if c.plain {
+			c.args = make([]any, 0, 1+2*len(c.kicks))
+			c.args = append(c.args, plainKick)
+			for _, k := range c.kicks {
+				c.args = append(c.args, &k.id, &k.raw)
+			}
+			continue
+		}
+		c.args = make([]any, 0, 1+5*len(c.kicks))
+		c.args = append(c.args, fullKick)
+		for _, k := range c.kicks {
+			c.args = append(c.args, &k.id, &k.raw, &k.delay, &k.ttl, &k.grace)
+		}
 	}
 	if len(calls) == 1 { // a lone kick, or one queue's batch: no pipeline needed
 		calls[0].cmd = kickScript.EvalSha(ctx, b.client, calls[0].keys, calls[0].args...)

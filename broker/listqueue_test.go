@@ -407,8 +407,17 @@ func TestAKickReadsAsItsArgumentsInATrace(t *testing.T) {
 	}
 	raw, err := broker.Msgpack.EncodeMessage(msg)
 	require.NoError(t, err)
-	require.Contains(t, kick, " "+msg.TaskID+" "+string(raw)+" 0 60000 10000", "id, message, delay, TTL and grace")
+	require.Contains(t, kick, " 5 "+msg.TaskID+" "+string(raw)+" 0 60000 10000", "five arguments: id, message, delay, TTL and grace")
 	require.NotContains(t, kick, "0xc")
+
+	// A message without a lock or a delay goes as its id and itself.
+	plain := &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}}
+	require.NoError(t, b.Kick(context.Background(), plain))
+	raw, err = broker.Msgpack.EncodeMessage(plain)
+	require.NoError(t, err)
+	last := seen.cmds[len(seen.cmds)-1]
+	require.Contains(t, last, " 2 "+plain.TaskID+" "+string(raw))
+	require.NotContains(t, last, string(raw)+" 0 0 -1")
 }
 
 type heldError struct{ holder string }
@@ -588,6 +597,32 @@ func TestKickManyGivesEachMessageItsOutcome(t *testing.T) {
 		order = append(order, d.ID)
 	}
 	require.Equal(t, []string{existing.TaskID, plain.TaskID, fresh.TaskID, overB.TaskID, last.TaskID}, order)
+}
+
+// A call whose messages are all plain sends two arguments per message; one
+// delayed message among them makes it five for all: either way each is
+// queued or scheduled as its own labels say.
+func TestKickManyOfPlainAndDelayedMessages(t *testing.T) {
+	b := newListQueue(t)
+	ctx := context.Background()
+	msg := func(delay float64) *broker.Message {
+		m := &broker.Message{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}}
+		if delay > 0 {
+			m.Labels = broker.Labels{broker.LabelDelay: delay}
+		}
+		return m
+	}
+	for _, batch := range [][]*broker.Message{
+		{msg(0), msg(0), msg(0)},
+		{msg(0), msg(3600), msg(0)},
+	} {
+		for _, err := range b.KickMany(ctx, batch) {
+			require.NoError(t, err)
+		}
+	}
+	stats, err := b.Stats(ctx, broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Equal(t, broker.QueueStats{Queue: broker.DefaultQueue, Pending: 5, Scheduled: 1}, stats)
 }
 
 func TestLockWithinItsGraceIsNotTakenOver(t *testing.T) {

@@ -5,10 +5,13 @@
 -- KEYS[2]    P:{q}:pending    list of task ids, consumed from the right
 -- KEYS[3]    P:{q}:scheduled  zset: task id -> due time (ms)
 -- KEYS[4…]   the lock keys of the messages that carry one, in their order
--- ARGV       five per message: task id, encoded message, delay in ms (0:
---            queue now), lock TTL in ms (0: no lock; else its key is the
---            next of KEYS[4…]), and the grace in ms for taking the lock
---            over (-1: never; see below)
+-- ARGV[1]    how many arguments each message has: 5, or 2 when no message
+--            of the call has a lock or a delay (half of Redis's work per
+--            message in a bulk kick is reading its arguments)
+-- ARGV[2…]   per message: task id, encoded message, and with 5: delay in
+--            ms (0: queue now), lock TTL in ms (0: no lock; else its key
+--            is the next of KEYS[4…]), and the grace in ms for taking the
+--            lock over (-1: never; see below)
 -- Returns    {codes, holder…}: codes has one character per message, '1'
 --            sent, '2' sent with its lock taken over from a holder that
 --            existed nowhere on the queue, '0' not sent as its lock is held,
@@ -32,8 +35,10 @@ local codes, holders, push = {}, {}, {}
 local now
 local wake = false
 local nextKey = 4
-for i = 1, #ARGV, 5 do
-  local id, ttl = ARGV[i], ARGV[i + 3]
+local stride = tonumber(ARGV[1])
+for i = 2, #ARGV, stride do
+  local id, ttl = ARGV[i], '0'
+  if stride == 5 then ttl = ARGV[i + 3] end
   local lock
   if ttl ~= '0' then
     lock, nextKey = KEYS[nextKey], nextKey + 1
@@ -67,7 +72,8 @@ for i = 1, #ARGV, 5 do
     code = 'x'
   end
   if code == '1' or code == '2' then
-    local delay = tonumber(ARGV[i + 2])
+    local delay = 0
+    if stride == 5 then delay = tonumber(ARGV[i + 2]) end
     if delay > 0 then
       if not now then
         local t = redis.call('TIME')
