@@ -6,8 +6,8 @@
 -- KEYS[3]    P:{q}:scheduled  zset: task id -> due time (ms)
 -- KEYS[4…]   the lock keys of the messages that carry one, in their order
 -- ARGV[1]    how many arguments each message has: 5, or 2 when no message
---            of the call has a lock or a delay (half of Redis's work per
---            message in a bulk kick is reading its arguments)
+--            of the call has a lock or a delay (the three left out are a
+--            quarter of Redis's work per message in a bulk kick)
 -- ARGV[2…]   per message: task id, encoded message, and with 5: delay in
 --            ms (0: queue now), lock TTL in ms (0: no lock; else its key
 --            is the next of KEYS[4…]), and the grace in ms for taking the
