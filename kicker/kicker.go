@@ -174,11 +174,11 @@ func (k *Kicker[Args]) kiqChunks(ctx context.Context, args []Args, handles []*Ha
 	var wg sync.WaitGroup
 	var stopped atomic.Bool
 	panics := make([]any, (len(args)+manyChunk-1)/manyChunk)
-	prev, older := closedTurn(), closedTurn()
+	prev := closedTurn()
 	for c := range panics {
 		start, end := c*manyChunk, min((c+1)*manyChunk, len(args))
 		<-prev.built
-		<-older.finished
+		<-prev.prev.finished // at most two chunks under way
 		if stopped.Load() {
 			break
 		}
@@ -188,25 +188,25 @@ func (k *Kicker[Args]) kiqChunks(ctx context.Context, args []Args, handles []*Ha
 			}
 			break
 		}
-		p, cur := prev, newTurn(prev)
+		cur := newTurn(prev)
 		wg.Go(func() {
 			defer func() {
 				if r := recover(); r != nil {
 					panics[c] = r
 					stopped.Store(true)
 				}
-				cur.end(p)
+				cur.end()
 			}()
 			k.kiqRange(ctx, args, start, end, handles, errs, func(ctx context.Context, msgs []*broker.Message) []error {
 				cur.closeBuilt()
-				<-p.sent
+				<-cur.prev.sent
 				sendErrs := k.kickMany(ctx, msgs)
 				cur.closeSent()
-				<-p.finished
+				<-cur.prev.finished
 				return sendErrs
 			})
 		})
-		prev, older = cur, prev
+		prev = cur
 	}
 	wg.Wait()
 	for _, r := range panics {
@@ -216,10 +216,11 @@ func (k *Kicker[Args]) kiqChunks(ctx context.Context, args []Args, handles []*Ha
 	}
 }
 
-// turn orders a chunk of a KiqMany after the chunk before: each of its
-// channels is closed once the chunk has passed that step, never before the
-// chunk before has.
+// turn orders a chunk of a KiqMany after the chunk before, prev: each of
+// its channels is closed once the chunk has passed that step, never before
+// prev's.
 type turn struct {
+	prev     *turn
 	built    chan struct{} // its send hooks ran
 	sent     chan struct{} // the broker has its messages
 	finished chan struct{} // its post-send hooks ran
@@ -228,15 +229,16 @@ type turn struct {
 }
 
 func newTurn(prev *turn) *turn {
-	t := &turn{built: make(chan struct{}), sent: make(chan struct{}), finished: make(chan struct{})}
+	t := &turn{prev: prev, built: make(chan struct{}), sent: make(chan struct{}), finished: make(chan struct{})}
 	t.closeBuilt = sync.OnceFunc(func() { close(t.built) })
 	t.closeSent = sync.OnceFunc(func() { <-prev.sent; close(t.sent) })
 	return t
 }
 
-// closedTurn is the turn before the first chunk's.
+// closedTurn is the turn before the first chunk's, and its own prev.
 func closedTurn() *turn {
 	t := newTurn(nil)
+	t.prev = t
 	close(t.built)
 	close(t.sent)
 	close(t.finished)
@@ -244,11 +246,11 @@ func closedTurn() *turn {
 }
 
 // end closes what the chunk has not closed yet, when it is done or
-// panicked, each after the chunk before's.
-func (t *turn) end(prev *turn) {
+// panicked, each after prev's.
+func (t *turn) end() {
 	t.closeBuilt()
 	t.closeSent()
-	<-prev.finished
+	<-t.prev.finished
 	close(t.finished)
 }
 
