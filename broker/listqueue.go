@@ -489,18 +489,16 @@ func (b *ListQueue) sendKicks(ctx context.Context, ks []*kickReq) {
 		return
 	}
 	for _, c := range calls { // see kick.lua: two arguments per plain message, else five
+		per, shape := 5, fullKick
 		if c.plain {
-			c.args = make([]any, 0, 1+2*len(c.kicks))
-			c.args = append(c.args, plainKick)
-			for _, k := range c.kicks {
-				c.args = append(c.args, &k.id, &k.raw)
-			}
-			continue
+			per, shape = 2, plainKick
 		}
-		c.args = make([]any, 0, 1+5*len(c.kicks))
-		c.args = append(c.args, fullKick)
+		c.args = append(make([]any, 0, 1+per*len(c.kicks)), shape)
 		for _, k := range c.kicks {
-			c.args = append(c.args, &k.id, &k.raw, &k.delay, &k.ttl, &k.grace)
+			c.args = append(c.args, &k.id, &k.raw)
+			if !c.plain {
+				c.args = append(c.args, &k.delay, &k.ttl, &k.grace)
+			}
 		}
 	}
 	if len(calls) == 1 { // a lone kick, or one queue's batch: no pipeline needed
