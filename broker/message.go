@@ -262,16 +262,15 @@ func (msgpackFormatter) DecodeMessage(b []byte) (*Message, error) {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	e := getDecoder(b)
+	defer putDecoder(e)
 	m, ok := decodeEnvelope(e, b)
 	if !ok {
 		m = new(Message)
 		e.reset(b)
 		if err := e.dec.Decode(m); err != nil {
-			putDecoder(e)
 			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 		}
 	}
-	putDecoder(e)
 	if m.TaskID == "" || m.TaskName == "" {
 		return nil, fmt.Errorf("%w: missing task_id or task_name", ErrMalformed)
 	}
