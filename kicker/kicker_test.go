@@ -185,14 +185,14 @@ func (h hook) PreSend(_ context.Context, m *broker.Message) error {
 	return nil
 }
 
-// kiqMany kicks Args{0} to Args{n-1} through b's chain with hook h, as
-// KiqMany, under task ids job-0 to job-(n-1).
-func kiqMany(b broker.Broker, n int) ([]*kicker.Handle, []error) {
+// kiqMany kicks Args{0} to Args{n-1} to b in one KiqMany, under task ids
+// job-0 to job-(n-1).
+func kiqMany(ctx context.Context, b broker.Broker, n int) ([]*kicker.Handle, []error) {
 	args := make([]Args, n)
 	for i := range args {
 		args[i] = Args{N: i}
 	}
-	return kicker.New[Args](&kicker.Target{Broker: b, Name: "t"}).WithTaskID("job").KiqMany(context.Background(), args)
+	return kicker.New[Args](&kicker.Target{Broker: b, Name: "t"}).WithTaskID("job").KiqMany(ctx, args)
 }
 
 // queued returns the N of every task pending on b, in the order they come.
@@ -225,7 +225,7 @@ func TestKiqManyChunksAreSentInOrderAndBuiltAhead(t *testing.T) {
 	n := 2*kicker.ManyChunk + 7
 	fail := map[int]bool{0: true, kicker.ManyChunk - 1: true, kicker.ManyChunk: true, n - 1: true}
 	b.WithMiddlewares(hook{b: b, fail: func(n int) bool { return fail[n] }})
-	handles, errs := kiqMany(b, n)
+	handles, errs := kiqMany(context.Background(), b, n)
 	for i := range n {
 		if fail[i] {
 			require.ErrorContains(t, errs[i], fmt.Sprintf("kiq: kick t: refused %d", i))
@@ -257,7 +257,7 @@ func TestKiqManyAfterAChunkThatSentNothing(t *testing.T) {
 	b := &slowFirstSend{InMemory: broker.NewInMemory(), ahead: make(chan struct{})}
 	n := 3 * kicker.ManyChunk
 	b.WithMiddlewares(hook{b: b, fail: func(n int) bool { return n < kicker.ManyChunk }})
-	handles, errs := kiqMany(b, n)
+	handles, errs := kiqMany(context.Background(), b, n)
 	for i := range n {
 		require.Equal(t, i < kicker.ManyChunk, errs[i] != nil, i)
 		require.Equal(t, i < kicker.ManyChunk, handles[i] == nil, i)
@@ -298,12 +298,9 @@ func TestKiqManyStopsBuildingChunksWhenTheContextEnds(t *testing.T) {
 	b := broker.NewInMemory()
 	mw := &cancelling{at: kicker.ManyChunk + 5, cancel: cancel}
 	b.WithMiddlewares(mw)
-	args := make([]Args, 4*kicker.ManyChunk)
-	for i := range args {
-		args[i] = Args{N: i}
-	}
-	handles, errs := kicker.New[Args](&kicker.Target{Broker: b, Name: "t"}).KiqMany(ctx, args)
-	for i := 2 * kicker.ManyChunk; i < len(args); i++ {
+	n := 4 * kicker.ManyChunk
+	handles, errs := kiqMany(ctx, b, n)
+	for i := 2 * kicker.ManyChunk; i < n; i++ {
 		require.ErrorIs(t, errs[i], context.Canceled, i)
 		require.Nil(t, handles[i])
 	}
@@ -331,12 +328,7 @@ func TestKiqManyPanicsInAChunkReachTheCaller(t *testing.T) {
 	for _, c := range []int{0, 1, 2} {
 		b := broker.NewInMemory()
 		b.WithMiddlewares(panicking{at: c*kicker.ManyChunk + 1})
-		args := make([]Args, 3*kicker.ManyChunk)
-		for i := range args {
-			args[i] = Args{N: i}
-		}
-		k := kicker.New[Args](&kicker.Target{Broker: b, Name: "t"})
-		require.PanicsWithValue(t, "hook panicked", func() { k.KiqMany(context.Background(), args) }, "chunk %d", c)
+		require.PanicsWithValue(t, "hook panicked", func() { kiqMany(context.Background(), b, 3*kicker.ManyChunk) }, "chunk %d", c)
 		s, err := b.Stats(context.Background(), broker.DefaultQueue)
 		require.NoError(t, err)
 		require.Equal(t, int64(c*kicker.ManyChunk), s.Pending, "chunk %d", c)
