@@ -515,11 +515,19 @@ func (b *ListQueue) sendKicks(ctx context.Context, ks []*kickReq) {
 		if redis.HasErrorPrefix(c.cmd.Err(), "NOSCRIPT") { // a new or restarted server: EVAL loads it
 			c.cmd = kickScript.Eval(ctx, b.client, c.keys, c.args...)
 		}
-		res, err := c.cmd.Slice()
-		var codes string // see kick.lua: a character per message, then the holders
-		if err == nil && len(res) > 0 {
-			codes, _ = res[0].(string)
-			res = res[1:]
+		// See kick.lua: a character per message, alone or followed by the
+		// holders in an array.
+		var codes string
+		var res []any
+		reply, err := c.cmd.Result()
+		switch r := reply.(type) {
+		case string:
+			codes = r
+		case []any:
+			if len(r) > 0 {
+				codes, _ = r[0].(string)
+				res = r[1:]
+			}
 		}
 		for j, k := range c.kicks {
 			switch {
