@@ -201,6 +201,9 @@ func main() {
 				b.singleDedup = res[0][0]
 			}
 		}
+		if sc.n == 2 { // its references, measured while the machine is as it was
+			notes = append(notes, b.ceilings(sz.pingN)...)
+		}
 	}
 	if runs(4) {
 		label := fmt.Sprintf("4. latency, %d kicks every %v", sz.latN, sz.latEvery)
@@ -236,27 +239,6 @@ func main() {
 		b.add("6. same process before the worker started (MiB)", unitMiB, res[0][0], res[1][0])
 	}
 
-	ping, raw, err := srv.pingCeiling(sz.pingN)
-	if err != nil {
-		warnf("%v\n%s", err, raw)
-		notes = append(notes, fmt.Sprintf("redis-benchmark failed: %v", err))
-	} else {
-		n := fmt.Sprintf("PING ceiling (redis-benchmark -c 1 -n %d -t ping -q, PING_MBULK): %.0f/s, one connection's round trips", sz.pingN, ping)
-		if b.singleDedup != nil {
-			k := median(b.singleDedup)
-			n += fmt.Sprintf("; Kiq single-caller dedup enqueue %.0f/s is %.0f%% of it", k, 100*k/ping)
-		}
-		notes = append(notes, n)
-	}
-	if r, err := srv.goPingRate(ctx, 2*time.Second); err != nil {
-		warnf("go-redis PING loop: %v", err)
-	} else {
-		n := fmt.Sprintf("go-redis PING loop, 1 goroutine, 2 s: %.0f/s", r)
-		if b.singleDedup != nil {
-			n += fmt.Sprintf("; Kiq single-caller dedup enqueue is %.0f%% of it", 100*median(b.singleDedup)/r)
-		}
-		notes = append(notes, n)
-	}
 	notes = append(notes, b.errs...)
 	notes = append(notes, fmt.Sprintf("total bench time %v", time.Since(started).Round(time.Second)))
 
@@ -303,6 +285,49 @@ type bench struct {
 	rows        []row
 	errs        []string
 	singleDedup []float64 // scenario 2's Kiq dedup rates, for the PING comparison
+}
+
+// ceilings measures scenario 2's references, the three in turn each round:
+// redis-benchmark's PING from one connection (n of them), its rate running
+// the least script a deduplicated enqueue needs (lockAndQueue), and a
+// go-redis PING loop; it returns their medians as notes, beside Kiq's
+// single-caller deduplicated rate.
+func (b *bench) ceilings(n int) []string {
+	var ping, script, goPing []float64
+	for range b.rounds {
+		b.srv.flush(b.ctx)
+		if r, raw, err := b.srv.pingCeiling(n); err != nil {
+			b.errs = append(b.errs, fmt.Sprintf("PING ceiling: %v\n%s", err, raw))
+		} else {
+			ping = append(ping, r)
+		}
+		b.srv.flush(b.ctx)
+		if r, raw, err := b.srv.scriptCeiling(b.ctx, n); err != nil {
+			b.errs = append(b.errs, fmt.Sprintf("script ceiling: %v\n%s", err, raw))
+		} else {
+			script = append(script, r)
+		}
+		if r, err := b.srv.goPingRate(b.ctx, 2*time.Second); err != nil {
+			b.errs = append(b.errs, fmt.Sprintf("go-redis PING loop: %v", err))
+		} else {
+			goPing = append(goPing, r)
+		}
+	}
+	kiq := median(b.singleDedup)
+	var notes []string
+	if ping != nil {
+		notes = append(notes, fmt.Sprintf("PING ceiling (redis-benchmark -c 1 -n %d -t ping -q, PING_MBULK), median of %d after scenario 2: %.0f/s, one connection's round trips; Kiq single-caller dedup enqueue %.0f/s is %.0f%% of it",
+			n, len(ping), median(ping), kiq, 100*kiq/median(ping)))
+	}
+	if script != nil && ping != nil {
+		notes = append(notes, fmt.Sprintf("lock-and-queue ceiling (redis-benchmark -c 1 running EVALSHA of SET NX + HSETNX + LPUSH, nothing else), median of %d: %.0f/s, %.0f%% of PING: what a client that waits for each reply and does no work of its own reaches; Kiq is %.0f%% of it",
+			len(script), median(script), 100*median(script)/median(ping), 100*kiq/median(script)))
+	}
+	if goPing != nil {
+		notes = append(notes, fmt.Sprintf("go-redis PING loop, 1 goroutine, 2 s, median of %d: %.0f/s; Kiq single-caller dedup enqueue is %.0f%% of it",
+			len(goPing), median(goPing), 100*kiq/median(goPing)))
+	}
+	return notes
 }
 
 // run runs measure on a fresh system of each maker, every round, flushing

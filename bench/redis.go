@@ -129,43 +129,80 @@ func (s *server) version(ctx context.Context) string {
 	return "unknown"
 }
 
-var pingRate = regexp.MustCompile(`(PING_\w+): ([0-9.]+) requests per second`)
+var benchRate = regexp.MustCompile(`([^\r\n:]+): ([0-9.]+) requests per second`)
 
-// pingCeiling runs `redis-benchmark -c 1 -n <n> -t ping -q` against the
-// server and returns the PING_MBULK rate (RESP arrays, as clients send),
-// and redis-benchmark's raw output.
-func (s *server) pingCeiling(n int) (float64, string, error) {
+// redisBenchmark runs `redis-benchmark -c 1 -n <n> -q` with args against
+// the server and returns the rate of each test it ran by the test's name,
+// the last test's rate, and redis-benchmark's raw output.
+func (s *server) redisBenchmark(n int, args ...string) (map[string]float64, float64, string, error) {
 	host, port, err := net.SplitHostPort(s.opts.Addr)
 	if err != nil {
-		return 0, "", err
+		return nil, 0, "", err
 	}
-	args := []string{"-h", host, "-p", port, "-c", "1", "-n", strconv.Itoa(n), "-t", "ping", "-q"}
+	all := []string{"-h", host, "-p", port, "-c", "1", "-n", strconv.Itoa(n), "-q"}
 	if s.opts.Username != "" {
-		args = append(args, "--user", s.opts.Username)
+		all = append(all, "--user", s.opts.Username)
 	}
 	if s.opts.Password != "" {
-		args = append(args, "-a", s.opts.Password, "--no-auth-warning")
+		all = append(all, "-a", s.opts.Password, "--no-auth-warning")
 	}
 	if s.opts.DB != 0 {
-		args = append(args, "--dbnum", strconv.Itoa(s.opts.DB))
+		all = append(all, "--dbnum", strconv.Itoa(s.opts.DB))
 	}
-	out, err := exec.Command("redis-benchmark", args...).CombinedOutput()
+	out, err := exec.Command("redis-benchmark", append(all, args...)...).CombinedOutput()
 	if err != nil {
-		return 0, string(out), fmt.Errorf("redis-benchmark: %w", err)
+		return nil, 0, string(out), fmt.Errorf("redis-benchmark: %w", err)
 	}
-	// -q prints progress lines ending in \r before the result line.
+	// -q prints progress lines ending in \r before each result line.
 	text := string(out)
 	rates := map[string]float64{}
-	for _, m := range pingRate.FindAllStringSubmatch(text, -1) {
-		rates[m[1]], _ = strconv.ParseFloat(m[2], 64)
+	var last float64
+	for _, m := range benchRate.FindAllStringSubmatch(text, -1) {
+		last, _ = strconv.ParseFloat(m[2], 64)
+		rates[strings.TrimSpace(m[1])] = last
+	}
+	if len(rates) == 0 {
+		return nil, 0, text, fmt.Errorf("redis-benchmark: no rate in %q", text)
+	}
+	return rates, last, text, nil
+}
+
+// pingCeiling runs `redis-benchmark -c 1 -n <n> -t ping -q` and returns
+// the PING_MBULK rate (RESP arrays, as clients send): one connection's
+// round trips, with nothing for Redis to do.
+func (s *server) pingCeiling(n int) (float64, string, error) {
+	rates, _, text, err := s.redisBenchmark(n, "-t", "ping")
+	if err != nil {
+		return 0, text, err
 	}
 	if r, ok := rates["PING_MBULK"]; ok {
 		return r, text, nil
 	}
-	if r, ok := rates["PING_INLINE"]; ok {
-		return r, text, nil
+	return 0, text, fmt.Errorf("redis-benchmark: no PING_MBULK rate in %q", text)
+}
+
+// lockAndQueue is the least a deduplicated enqueue asks of Redis in one
+// atomic step: take the lock, store the message, queue its id.
+var lockAndQueue = redis.NewScript(`if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('LPUSH', KEYS[3], ARGV[1])
+  return 1
+end
+return 0`)
+
+// scriptCeiling runs lockAndQueue from redis-benchmark, one connection, n
+// times with a fresh lock key and task id each (a 120-byte message, about
+// a benchmark task's), and returns its rate: what a client that waits for
+// each reply, with no work of its own, reaches with a deduplicated enqueue.
+func (s *server) scriptCeiling(ctx context.Context, n int) (float64, string, error) {
+	sha, err := lockAndQueue.Load(ctx, s.ctl).Result()
+	if err != nil {
+		return 0, "", err
 	}
-	return 0, text, fmt.Errorf("redis-benchmark: no PING rate in %q", text)
+	_, rate, text, err := s.redisBenchmark(n, "-r", "1000000000", "EVALSHA", sha, "3",
+		"bench:ceiling:lock:__rand_int__", "bench:ceiling:msg", "bench:ceiling:pending",
+		"__rand_int__", "300000", strings.Repeat("m", 120))
+	return rate, text, err
 }
 
 // goPingRate returns the rate of back-to-back PINGs from one goroutine on a
