@@ -129,7 +129,9 @@ func (c *Chain) sendFailed(ctx context.Context, msg *broker.Message, err error, 
 
 // Execute runs the PreExecute hooks, then run (unless a hook failed), then
 // decides a retry for a failure, then the OnError and PostExecute hooks, and
-// returns the result.
+// returns the result. A failure once ctx (the worker's context for its
+// tasks) has ended is the shutdown's, not the task's: it is marked
+// Result.HandedBack, and no retry is decided for it.
 //
 // A PreExecute hook that returns an error, or a nil context, leaves the
 // context as it was: later hooks and the task never see a nil context.
@@ -144,6 +146,7 @@ func (c *Chain) sendFailed(ctx context.Context, msg *broker.Message, err error, 
 // before it already acted on it.
 func (c *Chain) Execute(ctx context.Context, msg *broker.Message, run func(context.Context) (any, error)) *Result {
 	res := &Result{}
+	base := ctx
 	for _, h := range c.preExec {
 		var next context.Context
 		var err error
@@ -163,8 +166,13 @@ func (c *Chain) Execute(ctx context.Context, msg *broker.Message, run func(conte
 		res.Value, res.Err = run(ctx)
 		res.Duration = time.Since(start)
 	}
+	// Decided once, here, for the worker and every hook alike.
+	res.HandedBack = res.Err != nil && base.Err() != nil
 	if res.Err != nil {
 		for _, r := range c.retriers {
+			if res.HandedBack {
+				break // the task did not fail: it runs again from its queue
+			}
 			var delay time.Duration
 			var retry bool
 			if p := guard(r, "RetryDelay", func() { delay, retry = r.RetryDelay(msg, res.Err) }); p != nil {

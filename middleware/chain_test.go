@@ -163,6 +163,43 @@ func TestRetryIsDecidedBeforeEveryPostHook(t *testing.T) {
 	require.False(t, res.Retry)
 }
 
+// A failure once the chain's own context ended is the shutdown's: handed
+// back, never retried. One past a deadline a PreExecute hook set is the
+// task's own, and is retried as any failure.
+func TestHandedBackIsDecidedFromTheChainsContext(t *testing.T) {
+	chain := middleware.NewChain([]broker.Middleware{retrier{delay: time.Second}})
+	fail := func(ctx context.Context) (any, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	res := chain.Execute(ended, &broker.Message{}, fail)
+	require.True(t, res.HandedBack)
+	require.False(t, res.Retry, "a handed-back task is not retried")
+
+	chain = middleware.NewChain([]broker.Middleware{deadline{d: time.Millisecond}, retrier{delay: time.Second}})
+	res = chain.Execute(context.Background(), &broker.Message{}, fail)
+	require.ErrorIs(t, res.Err, context.DeadlineExceeded)
+	require.False(t, res.HandedBack, "the hook's deadline is not the shutdown")
+	require.True(t, res.Retry)
+
+	res = chain.Execute(ended, &broker.Message{}, func(context.Context) (any, error) { return "ok", nil })
+	require.False(t, res.HandedBack, "a task that succeeded is settled")
+}
+
+// deadline is a PreExecute hook that gives the task a deadline of its own.
+type deadline struct {
+	middleware.Base
+	d time.Duration
+}
+
+func (m deadline) PreExecute(ctx context.Context, _ *broker.Message) (context.Context, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.d)
+	context.AfterFunc(ctx, cancel) // its resources go when the deadline passes
+	return ctx, nil
+}
+
 type clearer struct{ middleware.Base }
 
 func (clearer) PostExecute(ctx context.Context, msg *broker.Message, res *middleware.Result) {

@@ -143,4 +143,10 @@ type Result struct {
 	// RetryDelay is how long after this attempt the next one is due; it
 	// means something only when Retry is true.
 	RetryDelay time.Duration
+	// HandedBack is true when the task failed after the context the chain
+	// was given had ended: the worker's shutdown timeout interrupted it.
+	// The worker then returns it to its queue, to run again, instead of
+	// retrying or dead-lettering it, and Retry is false. A context that a
+	// PreExecute hook derived (a deadline of its own) does not count.
+	HandedBack bool
 }

@@ -546,7 +546,7 @@ func (r *run) execute(d *broker.Delivery) {
 	}
 	r.w.stats.running.Add(1)
 	res := r.executeChain(d.Message, h)
-	interrupted := res.Err != nil && r.taskCtx.Err() != nil
+	interrupted := res.HandedBack
 	if r.results != nil && !interrupted && (res.Err == nil || !res.Retry) {
 		r.saveResult(d.Message, res)
 	}

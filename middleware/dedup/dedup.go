@@ -451,8 +451,9 @@ func (m *Middleware) track(key, taskID string, ttl time.Duration) {
 // where the broker shares the lock's Redis, in the same script that settles
 // the delivery (see broker.Message.Unlock), else at once. A task that will
 // be retried keeps its lock, extended to cover the retry's delay; so does a
-// task the worker hands back because its shutdown interrupted it (see
-// handedBack), extended to the running TTL: the task still owes its run.
+// task the worker hands back because its shutdown interrupted it
+// (res.HandedBack), extended to the running TTL: the task still owes its
+// run.
 func (m *Middleware) PostExecute(ctx context.Context, msg *broker.Message, res *middleware.Result) {
 	key, ok := msg.Labels.String(LabelLock)
 	if !ok {
@@ -464,7 +465,7 @@ func (m *Middleware) PostExecute(ctx context.Context, msg *broker.Message, res *
 	}
 	m.mu.Unlock()
 	switch {
-	case handedBack(ctx, res):
+	case res.HandedBack:
 		m.keep(ctx, msg, key, m.runningTTL(msg), "kiq: could not keep the deduplication lock of a task handed back at shutdown")
 		return
 	case res.Err != nil && res.Retry:
@@ -479,16 +480,6 @@ func (m *Middleware) PostExecute(ctx context.Context, msg *broker.Message, res *
 		return
 	}
 	m.release(ctx, msg.TaskName, key, msg.TaskID)
-}
-
-// handedBack reports whether the worker hands the task back instead of
-// settling it: the task failed and the hooks' context has ended, which is
-// the worker's shutdown timeout cancelling it (package worker: "a task that
-// returns an error by then is handed back, not counted as failed"; its
-// test is res.Err != nil && the hooks' context ended). The task's own
-// timeout never ends the hooks' context.
-func handedBack(ctx context.Context, res *middleware.Result) bool {
-	return res.Err != nil && ctx.Err() != nil
 }
 
 // keep extends a lock its task still owns to ttl, logging a failure as warn.

@@ -362,3 +362,49 @@ func TestHandedBackTaskKeepsItsLock(t *testing.T) {
 		})
 	}
 }
+
+// deadline is a middleware whose PreExecute gives the task a deadline of its
+// own, as a tracing or timeout middleware may.
+type deadline struct {
+	middleware.Base
+	d time.Duration
+}
+
+func (m deadline) PreExecute(ctx context.Context, _ *broker.Message) (context.Context, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.d)
+	context.AfterFunc(ctx, cancel) // its resources go when the deadline passes
+	return ctx, nil
+}
+
+// A task that finally fails after a deadline a middleware gave it is not
+// handed back: it is dead-lettered and lets its lock go, on both paths, and
+// the same task can be kicked again at once.
+func TestTaskFailingPastAMiddlewaresDeadlineLetsItsLockGo(t *testing.T) {
+	bothPaths(t, func(t *testing.T, b *broker.ListQueue, mw *dedup.Middleware, locks *redis.Client, prefix string) {
+		b.WithMiddlewares(deadline{d: 20 * time.Millisecond})
+		failed := make(chan struct{})
+		tk := task.Define(b, "send_welcome_email", func(ctx context.Context, a WelcomeArgs) error {
+			<-ctx.Done() // past the middleware's deadline
+			defer close(failed)
+			return errors.New("mailer down")
+		})
+		ctx := context.Background()
+		_, err := tk.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
+		require.NoError(t, err)
+		key := prefix + ":" + welcomeFingerprint
+		require.Equal(t, int64(1), locks.Exists(ctx, key).Val())
+
+		w := worker.New(b, worker.Options{Concurrency: 1, Logger: slog.New(slog.DiscardHandler)})
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- w.Run(runCtx) }()
+		<-failed
+		require.Eventually(t, func() bool { return w.Stats().DeadLettered == 1 }, 5*time.Second, 5*time.Millisecond)
+		stop()
+		require.NoError(t, <-done)
+		require.Zero(t, w.Stats().HandedBack)
+		require.Zero(t, locks.Exists(ctx, key).Val(), "the lock went with the task")
+		_, err = tk.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
+		require.NoError(t, err, "not a duplicate of a task that is dead")
+	})
+}
