@@ -191,8 +191,6 @@ func NewListQueue(url string, opts ...ListQueueOption) (*ListQueue, error) {
 		if err != nil {
 			return nil, err
 		}
-		// Let a context's deadline bound every command.
-		ropts.ContextTimeoutEnabled = true
 		b.client, b.ownsClient = redis.NewClient(ropts), true
 	}
 	b.kicks = batch.NewCoalescer(2, b.sendKicks)
@@ -235,14 +233,17 @@ func blockLimit(c redis.UniversalClient) time.Duration {
 	return max(min(maxBlock, rt/2), time.Millisecond)
 }
 
-// ParseRedisURL parses a Redis URL as go-redis does. Its error never
-// contains the URL's password, as written, unescaped or quoted.
+// ParseRedisURL parses a Redis URL as go-redis does, into the options of
+// the clients Kiq makes from a URL: a context's deadline bounds every
+// command (ContextTimeoutEnabled). Its error never contains the URL's
+// password, as written, unescaped or quoted.
 func ParseRedisURL(rawURL string) (*redis.Options, error) {
 	if strings.TrimSpace(rawURL) == "" {
 		return nil, errors.New("kiq: bad Redis URL: empty")
 	}
 	opts, err := redis.ParseURL(rawURL)
 	if err == nil {
+		opts.ContextTimeoutEnabled = true
 		return opts, nil
 	}
 	var uerr *url.Error

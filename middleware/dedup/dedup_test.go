@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -423,4 +425,44 @@ func queued(t *testing.T, b *broker.InMemory) int {
 	s, err := b.Stats(context.Background(), broker.DefaultQueue)
 	require.NoError(t, err)
 	return int(s.Pending + s.Scheduled)
+}
+
+// silentServer accepts connections and never answers, until the test ends.
+func silentServer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var conns sync.WaitGroup
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Go(func() { _, _ = io.Copy(io.Discard, c) })
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done; conns.Wait() })
+	return ln.Addr().String()
+}
+
+// A middleware made from a URL takes its locks within the caller's
+// deadline: a Redis that never answers fails the kick when the caller's
+// context ends, not at go-redis's own read timeout (3 s).
+func TestLockFromAURLHonoursTheCallersDeadline(t *testing.T) {
+	mw, err := dedup.New("redis://"+silentServer(t), dedup.WithLogger(slog.New(slog.DiscardHandler)))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = mw.Shutdown(context.Background()) })
+	b := broker.NewInMemory()
+	b.WithMiddlewares(mw)
+	tk := welcome(t, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = tk.Kiq(ctx, WelcomeArgs{UserID: 42})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Less(t, time.Since(start), 2*time.Second, "bounded by the caller's deadline")
+	require.Zero(t, queued(t, b), "nothing sent unlocked")
 }
