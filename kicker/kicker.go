@@ -95,8 +95,13 @@ func (h *Handle) TaskID() string { return h.taskID }
 
 // Kiq sends the task with args. The error wraps the cause, so errors.Is and
 // errors.As reach a middleware's error (a duplicate, say), a label error
-// (broker.ErrBadLabel) or the broker's.
+// (broker.ErrBadLabel) or the broker's. A ctx that has already ended sends
+// nothing: the message is not built, no send hook runs, and the error wraps
+// ctx's.
 func (k *Kicker[Args]) Kiq(ctx context.Context, args Args) (*Handle, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, kickError(k.target.Name, err)
+	}
 	msg, err := k.Message(args)
 	if err != nil {
 		return nil, err

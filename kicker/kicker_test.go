@@ -66,6 +66,43 @@ func TestKiqWrapsTheCauseAndTheChainIsFrozenOnFirstUse(t *testing.T) {
 	require.Contains(t, err.Error(), "kiq: kick u: refused")
 }
 
+// recording counts the send hooks that ran.
+type recording struct {
+	middleware.Base
+	mu       sync.Mutex
+	preSends int
+}
+
+func (r *recording) PreSend(context.Context, *broker.Message) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.preSends++
+	return nil
+}
+
+// A Kiq whose context has already ended sends nothing and runs no send
+// hook (a deduplication lock, say, is not taken); its error wraps ctx's.
+func TestKiqWithAnEndedContextRunsNoHook(t *testing.T) {
+	b := broker.NewInMemory()
+	mw := &recording{}
+	b.WithMiddlewares(mw)
+	k := kicker.New[Args](&kicker.Target{Broker: b, Name: "t"})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	h, err := k.Kiq(ctx, Args{N: 1})
+	require.ErrorIs(t, err, context.Canceled)
+	require.EqualError(t, err, "kiq: kick t: context canceled")
+	require.Nil(t, h)
+	require.Zero(t, mw.preSends, "no send hook ran")
+	s, err := b.Stats(context.Background(), broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Zero(t, s.Pending, "nothing was sent")
+
+	_, err = k.Kiq(context.Background(), Args{N: 2})
+	require.NoError(t, err)
+	require.Equal(t, 1, mw.preSends, "a live context runs the hooks")
+}
+
 func TestKiqManyWithoutABulkBroker(t *testing.T) {
 	b := broker.NewInMemory()
 	k := kicker.New[Args](&kicker.Target{Broker: b, Name: "t", Labels: broker.Labels{}})

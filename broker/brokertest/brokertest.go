@@ -184,6 +184,21 @@ func Run(t *testing.T, h Harness) {
 		}
 	})
 
+	t.Run("kick with an ended context sends nothing", func(t *testing.T) {
+		t.Parallel()
+		b := h.New(t)
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		require.ErrorIs(t, b.Kick(cctx, msg("t", nil)), context.Canceled)
+		c := consume(t, b)
+		fetchNone(t, c, 100*time.Millisecond)
+		m := msg("t", nil)
+		require.NoError(t, b.Kick(ctx, m), "the broker still kicks")
+		ds := fetch(t, c, 10)
+		require.Len(t, ds, 1, "only the live kick was delivered")
+		require.Equal(t, m.TaskID, ds[0].ID)
+	})
+
 	t.Run("close ends a blocked fetch; fetch after close fails", func(t *testing.T) {
 		t.Parallel()
 		b := h.New(t)

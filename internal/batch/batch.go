@@ -56,9 +56,14 @@ func NewCoalescer[T any](parallel int, flush func(ctx context.Context, items []T
 }
 
 // Do submits item and returns once its batch was flushed, or with ctx's
-// error if ctx ended before the item went into a batch. An item whose batch
-// is in flight is always waited for.
+// error if ctx ended before the item went into a batch. A ctx that has
+// already ended when Do is called submits nothing: Do returns its error at
+// once, and item goes in no batch. An item whose batch is in flight is
+// always waited for.
 func (c *Coalescer[T]) Do(ctx context.Context, item T) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	e, _ := c.entries.Get().(*entry[T])
 	if e == nil {
 		e = &entry[T]{signal: make(chan bool, 2)}

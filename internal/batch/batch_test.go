@@ -157,6 +157,24 @@ func TestCoalescerWaiterWhoseContextEndsIsNotFlushed(t *testing.T) {
 	require.Equal(t, []string{"leader", "next"}, flushed)
 }
 
+// A call whose context has already ended submits nothing, even with a free
+// slot: it would otherwise lead a batch, flushed without its cancellation.
+func TestCoalescerCallWithAnEndedContextSubmitsNothing(t *testing.T) {
+	var flushed []string
+	c := batch.NewCoalescer(1, func(ctx context.Context, items []string) {
+		flushed = append(flushed, items...)
+	})
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.ErrorIs(t, c.Do(cancelled, "cancelled"), context.Canceled)
+	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	require.ErrorIs(t, c.Do(expired, "expired"), context.DeadlineExceeded)
+	require.Empty(t, flushed, "the flush function was never called")
+	require.NoError(t, c.Do(context.Background(), "next"), "no slot was taken")
+	require.Equal(t, []string{"next"}, flushed)
+}
+
 func TestCoalescerBatchKeepsItsCallersLatestDeadline(t *testing.T) {
 	got := make(chan time.Time, 1)
 	release := make(chan struct{})
