@@ -299,6 +299,11 @@ func (m *Middleware) PostSend(ctx context.Context, msg *broker.Message) {
 	if !ok || msg.Lock != nil {
 		return
 	}
+	// The task is sent: a caller that gives up now must not leave it with
+	// only the grace TTL, so the extend keeps its deadline, not its
+	// cancellation.
+	ctx, cancel := withoutCancel(ctx)
+	defer cancel()
 	n, err := m.calls.Script(ctx, extendScript, []string{key}, msg.TaskID, m.sendTTL(msg).Milliseconds()).Int()
 	switch {
 	case err != nil:
@@ -310,6 +315,17 @@ func (m *Middleware) PostSend(ctx context.Context, msg *broker.Message) {
 		m.log.Warn("kiq: deduplication lock lost before the send completed (the send outlasted the grace TTL); the task was sent unprotected",
 			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.String("task_id", msg.TaskID))
 	}
+}
+
+// withoutCancel returns ctx without its cancellation, under its deadline if
+// it has one.
+func withoutCancel(ctx context.Context) (context.Context, context.CancelFunc) {
+	d, ok := ctx.Deadline()
+	ctx = context.WithoutCancel(ctx)
+	if !ok {
+		return ctx, func() {}
+	}
+	return context.WithDeadline(ctx, d)
 }
 
 // OnSendError releases the lock at once when the send failed. A send cut

@@ -211,14 +211,40 @@ func TestGracePathTakeoverCannotMissASendUnderWay(t *testing.T) {
 }
 
 // observer is a middleware registered after dedup: its PreSend runs between
-// the lock and the send.
+// the lock and the send, its PostSend between the send and dedup's.
 type observer struct {
 	middleware.Base
-	preSend func(ctx context.Context, msg *broker.Message) error
+	preSend  func(ctx context.Context, msg *broker.Message) error
+	postSend func()
 }
 
 func (o *observer) PreSend(ctx context.Context, msg *broker.Message) error {
+	if o.preSend == nil {
+		return nil
+	}
 	return o.preSend(ctx, msg)
+}
+
+func (o *observer) PostSend(context.Context, *broker.Message) {
+	if o.postSend != nil {
+		o.postSend()
+	}
+}
+
+// A caller that gives up once its task is sent does not leave the task with
+// only the grace TTL: the extend after the send keeps the caller's deadline,
+// not its cancellation.
+func TestGracePathExtendsTheLockOfACallerThatGaveUp(t *testing.T) {
+	s := splitQueue(t)
+	key := s.key(welcomeFingerprint)
+	ctx, cancel := context.WithCancel(context.Background())
+	s.b.WithMiddlewares(&observer{postSend: cancel})
+	h, err := welcome(t, s.b).Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
+	require.NoError(t, err)
+	require.Error(t, ctx.Err(), "the caller gave up after the send")
+	bg := context.Background()
+	require.Equal(t, h.TaskID(), s.locks.Get(bg, key).Val())
+	require.InDelta(t, 300*time.Second, s.locks.PTTL(bg, key).Val(), float64(2*time.Second), "the full TTL")
 }
 
 // On the grace path the lock has the grace TTL until the send, then the
