@@ -599,6 +599,23 @@ func TestKickManyGivesEachMessageItsOutcome(t *testing.T) {
 	require.Equal(t, []string{existing.TaskID, plain.TaskID, fresh.TaskID, overB.TaskID, last.TaskID}, order)
 }
 
+// A KickMany whose context has already ended sends nothing, as Kick.
+func TestKickManyWithAnEndedContextSendsNothing(t *testing.T) {
+	b := newListQueue(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	msgs := []*broker.Message{
+		{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}},
+		{TaskID: broker.NewTaskID(), TaskName: "t", Args: []byte{0x80}},
+	}
+	for _, err := range b.KickMany(ctx, msgs) {
+		require.ErrorIs(t, err, context.Canceled)
+	}
+	stats, err := b.Stats(context.Background(), broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Zero(t, stats.Pending)
+}
+
 // A call whose messages are all plain sends two arguments per message; one
 // delayed message among them makes it five for all: either way each is
 // queued or scheduled as its own labels say.
