@@ -380,16 +380,9 @@ const kickBatch = 1000
 
 // KickMany sends msgs, grouped by queue, a thousand at a time in one script
 // call: one round trip per thousand messages. Each message is kicked as by
-// Kick, its lock included, and gets its own error; a ctx that has already
-// ended sends none, each getting its error.
+// Kick, its lock included, and gets its own error.
 func (b *ListQueue) KickMany(ctx context.Context, msgs []*Message) []error {
 	errs := make([]error, len(msgs))
-	if err := ctx.Err(); err != nil {
-		for i := range errs {
-			errs[i] = err
-		}
-		return errs
-	}
 	ks := make([]*kickReq, 0, len(msgs))
 	for i, m := range msgs {
 		raw, err := b.encodeForKick(m)
