@@ -8,7 +8,9 @@
 //
 // Values are what a generic decoder produces: nil, bool, string, integers of
 // any Go size, *big.Int, json.Number, float32, float64, maps with string keys,
-// slices and arrays, nested to any depth up to 1000. How each is written:
+// slices and arrays, nested to any depth up to 1000, and values that
+// implement encoding.TextMarshaler, such as the time.Time a msgpack decoder
+// gives for a timestamp. How each is written:
 //
 //   - nil is null; nil maps and nil slices are null too, as encoding/json
 //     and msgpack encode them (Fingerprint alone reads a nil kwargs as {}).
@@ -35,17 +37,30 @@
 //     byte of a Go string is written as \ufffd, as encoding/json does.
 //   - Map keys are sorted by code point, which is how Python 3 compares str;
 //     byte-wise order of valid UTF-8 is the same order.
+//   - Python's json cannot write anything else; for that our rule is Go's
+//     encoding/json's: a value of any other type that implements
+//     encoding.TextMarshaler is written as the JSON string of its text (a
+//     nil pointer as null), whatever its kind. A time.Time (or *time.Time)
+//     is converted to UTC first, so one instant is written one way whatever
+//     its zone (a decoded timestamp comes back in time.Local): RFC 3339 with
+//     as many fractional digits as it needs, "2024-05-01T12:30:00.5Z", the
+//     ISO 8601 string pydantic writes for a UTC datetime, though with "Z"
+//     and without pydantic's padding to microseconds. json.Marshaler is not
+//     consulted: its output would not be canonical.
 //
 // Errors, all starting "pyjson: ", are returned where Python would fail or
 // write something that is not JSON: NaN and infinities (Python writes NaN and
 // Infinity), json.Numbers that overflow a float64, []byte and other byte
 // slices and arrays (Python's bytes are not JSON serializable), structs and
-// other types, maps whose keys are not strings, two keys that would be written
-// the same, and nesting deeper than 1000 levels (Python's RecursionError).
+// other types that do not implement encoding.TextMarshaler, a MarshalText
+// that fails (a time.Time outside years 0 to 9999), maps whose keys are not
+// strings, two keys that would be written the same, and nesting deeper than
+// 1000 levels (Python's RecursionError).
 package pyjson
 
 import (
 	"crypto/sha256"
+	"encoding"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -57,6 +72,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 )
 
@@ -183,8 +199,29 @@ func appendValue(dst []byte, v any, depth int) ([]byte, error) {
 		return append(dst, ']'), nil
 	case []byte:
 		return nil, errors.New("pyjson: []byte is not JSON serializable (Python's bytes are not)")
+	case time.Time:
+		return appendText(dst, x.UTC())
+	case *time.Time:
+		if x == nil {
+			return append(dst, "null"...), nil
+		}
+		return appendText(dst, x.UTC())
+	case encoding.TextMarshaler:
+		if rv := reflect.ValueOf(x); rv.Kind() == reflect.Pointer && rv.IsNil() {
+			return append(dst, "null"...), nil
+		}
+		return appendText(dst, x)
 	}
 	return appendReflect(dst, reflect.ValueOf(v), depth)
+}
+
+// appendText appends the text of v as a JSON string.
+func appendText(dst []byte, v encoding.TextMarshaler) ([]byte, error) {
+	text, err := v.MarshalText()
+	if err != nil {
+		return nil, fmt.Errorf("pyjson: MarshalText of %T: %w", v, err)
+	}
+	return appendString(dst, text), nil
 }
 
 func appendBool(dst []byte, b bool) []byte {

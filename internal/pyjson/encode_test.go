@@ -3,9 +3,12 @@ package pyjson_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"math"
 	"math/big"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -338,7 +341,8 @@ func TestUnsupported(t *testing.T) {
 		[]uint8(nil),
 		kv{"a"},
 		&kv{"a"},
-		time.Unix(0, 0),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), // MarshalText fails
+		failingText{},
 		*big.NewInt(1),
 		complex(1, 2),
 		make(chan int),
@@ -356,6 +360,69 @@ func TestUnsupported(t *testing.T) {
 		require.Error(t, err, "%#v", v)
 		require.True(t, strings.HasPrefix(err.Error(), "pyjson: "), err.Error())
 	}
+}
+
+// color is a custom encoding.TextMarshaler.
+type color struct{ R, G, B uint8 }
+
+func (c color) MarshalText() ([]byte, error) {
+	return fmt.Appendf(nil, "#%02x%02x%02x", c.R, c.G, c.B), nil
+}
+
+// level is a TextMarshaler of an integer kind: its text wins, as in
+// encoding/json.
+type level int
+
+func (l level) MarshalText() ([]byte, error) {
+	return []byte("lvl-\u00e9\"" + strconv.Itoa(int(l))), nil
+}
+
+type failingText struct{}
+
+func (failingText) MarshalText() ([]byte, error) { return nil, errors.New("no text") }
+
+// Values Python's json cannot write but that implement
+// encoding.TextMarshaler are written as the JSON string of their text;
+// time.Time in UTC, so one instant is written one way whatever its zone.
+func TestTextMarshalerIsWrittenAsItsText(t *testing.T) {
+	utc := time.Date(2024, 5, 1, 12, 30, 0, 500_000_000, time.UTC)
+	const want = `"2024-05-01T12:30:00.5Z"`
+	paris, err := time.LoadLocation("Europe/Paris")
+	require.NoError(t, err)
+	for _, v := range []any{
+		utc,
+		utc.In(time.FixedZone("UTC+2", 2*3600)),
+		utc.In(time.FixedZone("UTC-9:30", -(9*3600 + 1800))),
+		utc.In(paris),
+		utc.Local(),
+		&utc,
+	} {
+		require.Equal(t, want, encode(t, v), "%v", v)
+	}
+	require.Equal(t, `"2024-05-01T12:30:00Z"`, encode(t, time.Date(2024, 5, 1, 14, 30, 0, 0, paris)))
+	require.Equal(t, `"2024-05-01T12:30:00.000000001Z"`, encode(t, time.Date(2024, 5, 1, 12, 30, 0, 1, time.UTC)))
+	now := time.Now() // with a monotonic reading, which is not written
+	require.Equal(t, encode(t, now.Round(0).UTC()), encode(t, now))
+
+	require.Equal(t, `"#ff8000"`, encode(t, color{255, 128, 0}))
+	require.Equal(t, `"#ff8000"`, encode(t, &color{255, 128, 0}))
+	require.Equal(t, `"lvl-\u00e9\"3"`, encode(t, level(3)), "escaped as any string")
+	require.Equal(t, `null`, encode(t, (*color)(nil)))
+	require.Equal(t, `null`, encode(t, (*time.Time)(nil)))
+	require.Equal(t, `{"at": "2024-05-01T12:30:00.5Z", "c": ["#000001"], "l": "lvl-\u00e9\"0"}`,
+		encode(t, map[string]any{"at": utc.In(paris), "c": []color{{0, 0, 1}}, "l": level(0)}))
+
+	a, err := pyjson.Fingerprint("remind", map[string]any{"at": utc})
+	require.NoError(t, err)
+	b, err := pyjson.Fingerprint("remind", map[string]any{"at": utc.In(paris)})
+	require.NoError(t, err)
+	require.Equal(t, a, b, "the same instant in two zones is one fingerprint")
+	c, err := pyjson.Fingerprint("remind", map[string]any{"at": utc.Add(time.Nanosecond)})
+	require.NoError(t, err)
+	require.NotEqual(t, a, c)
+
+	_, err = pyjson.Append(nil, failingText{})
+	require.ErrorContains(t, err, "pyjson: MarshalText of pyjson_test.failingText: no text")
 }
 
 func nest(n int) any {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"time"
 	"unicode/utf8"
 )
 
@@ -15,14 +16,16 @@ import (
 // values. The values are read as a loose msgpack decoder reads them into
 // any (vmihailenco/msgpack with UseLooseInterfaceDecoding, as Kiq's
 // formatter decodes): integers as int64 or uint64, float32 as the float64
-// it converts to, str and bin as strings.
+// it converts to, str and bin as strings, and timestamps (extension type
+// -1) as a time.Time, which Append writes as its RFC 3339 text in UTC.
 //
 // ok is false when raw holds anything it leaves to that decoder and Append:
 // a top-level value that is not a map, bytes after it, map keys that are
-// not strings, not valid UTF-8 or repeated, extension types, NaN and
-// infinities, nesting deeper than 64 levels, or malformed input. The
-// caller then decodes raw and calls Fingerprint, which gives the same
-// fingerprint, or the error.
+// not strings, not valid UTF-8 or repeated, extension types other than
+// timestamps, timestamps of any length but 4, 8 and 12 bytes or outside
+// years 0 to 9999, NaN and infinities, nesting deeper than 64 levels, or
+// malformed input. The caller then decodes raw and calls Fingerprint,
+// which gives the same fingerprint, or the error.
 func FingerprintMsgpack(name string, raw []byte) (fp string, ok bool) {
 	if len(raw) == 0 || !isMap(raw[0]) {
 		return "", false
@@ -105,8 +108,44 @@ func appendMsgpack(dst, b []byte, depth int) (out, rest []byte, ok bool) {
 			return nil, nil, false
 		}
 		return appendMsgpackMap(dst, b, n, depth)
+	case 0xd6, 0xd7: // fixext 4, 8: the lengths of a timestamp
+		return appendMsgpackExt(dst, b, 4<<(c-0xd6))
+	case 0xc7, 0xc8, 0xc9: // ext 8, 16, 32
+		n, b, ok := readUint(b, 1<<(c-0xc7))
+		if !ok || n >= uint64(len(b)) { // the type byte, then n bytes
+			return nil, nil, false
+		}
+		return appendMsgpackExt(dst, b, int(n))
 	}
-	return nil, nil, false // extension types, and 0xc1, which is never used
+	return nil, nil, false // fixext 1, 2 and 16, and 0xc1, which is never used
+}
+
+// timestampExt is the msgpack extension type of timestamps.
+const timestampExt = -1
+
+// appendMsgpackExt appends the extension value of n bytes whose type byte
+// starts b: a timestamp, decoded as vmihailenco/msgpack decodes it (seconds
+// and nanoseconds through time.Unix) and written as Append writes a
+// time.Time. Other types are left to the decoder.
+func appendMsgpackExt(dst, b []byte, n int) ([]byte, []byte, bool) {
+	if len(b) < 1+n || int8(b[0]) != timestampExt {
+		return nil, nil, false
+	}
+	data, rest := b[1:1+n], b[1+n:]
+	var t time.Time
+	switch n {
+	case 4: // seconds: uint32
+		t = time.Unix(int64(binary.BigEndian.Uint32(data)), 0)
+	case 8: // nanoseconds: 30 bits, then seconds: 34 bits
+		v := binary.BigEndian.Uint64(data)
+		t = time.Unix(int64(v&(1<<34-1)), int64(v>>34))
+	case 12: // nanoseconds: uint32, then seconds: int64
+		t = time.Unix(int64(binary.BigEndian.Uint64(data[4:])), int64(binary.BigEndian.Uint32(data)))
+	default:
+		return nil, nil, false // the decoder fails
+	}
+	out, err := appendText(dst, t.UTC())
+	return out, rest, err == nil
 }
 
 // readUint reads a big-endian unsigned integer of size bytes.

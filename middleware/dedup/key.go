@@ -20,7 +20,10 @@ import (
 //
 // kwargs holds the arguments by their serialized (msgpack) names, as
 // decoded generically: string, bool, nil, integers of any size, floats,
-// []any and map[string]any.
+// []any and map[string]any, and time.Time, which a msgpack timestamp
+// decodes to. Python's json cannot write a time.Time; it is written as its
+// RFC 3339 text in UTC, as any encoding.TextMarshaler is written as the
+// JSON string of its text (see internal/pyjson).
 func Fingerprint(name string, kwargs map[string]any) (string, error) {
 	return pyjson.Fingerprint(name, kwargs)
 }
