@@ -211,11 +211,20 @@ func TestGracePathTakeoverCannotMissASendUnderWay(t *testing.T) {
 }
 
 // observer is a middleware registered after dedup: its PreSend runs between
-// the lock and the send, its PostSend between the send and dedup's.
+// the lock and the send, its PostSend between the send and dedup's, its
+// PreExecute after dedup's.
 type observer struct {
 	middleware.Base
-	preSend  func(ctx context.Context, msg *broker.Message) error
-	postSend func()
+	preSend    func(ctx context.Context, msg *broker.Message) error
+	postSend   func()
+	preExecute func(ctx context.Context) context.Context
+}
+
+func (o *observer) PreExecute(ctx context.Context, _ *broker.Message) (context.Context, error) {
+	if o.preExecute == nil {
+		return ctx, nil
+	}
+	return o.preExecute(ctx), nil
 }
 
 func (o *observer) PreSend(ctx context.Context, msg *broker.Message) error {
@@ -389,25 +398,16 @@ func TestHandedBackTaskKeepsItsLock(t *testing.T) {
 	}
 }
 
-// deadline is a middleware whose PreExecute gives the task a deadline of its
-// own, as a tracing or timeout middleware may.
-type deadline struct {
-	middleware.Base
-	d time.Duration
-}
-
-func (m deadline) PreExecute(ctx context.Context, _ *broker.Message) (context.Context, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.d)
-	context.AfterFunc(ctx, cancel) // its resources go when the deadline passes
-	return ctx, nil
-}
-
 // A task that finally fails after a deadline a middleware gave it is not
 // handed back: it is dead-lettered and lets its lock go, on both paths, and
 // the same task can be kicked again at once.
 func TestTaskFailingPastAMiddlewaresDeadlineLetsItsLockGo(t *testing.T) {
 	bothPaths(t, func(t *testing.T, b *broker.ListQueue, mw *dedup.Middleware, locks *redis.Client, prefix string) {
-		b.WithMiddlewares(deadline{d: 20 * time.Millisecond})
+		b.WithMiddlewares(&observer{preExecute: func(ctx context.Context) context.Context {
+			ctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond) // a deadline of its own
+			context.AfterFunc(ctx, cancel)
+			return ctx
+		}})
 		failed := make(chan struct{})
 		tk := task.Define(b, "send_welcome_email", func(ctx context.Context, a WelcomeArgs) error {
 			<-ctx.Done() // past the middleware's deadline
