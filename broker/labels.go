@@ -275,7 +275,8 @@ func (l Labels) Int(key string) (int64, bool) {
 }
 
 // Duration returns the seconds label key as a time.Duration and whether it
-// is set to a number.
+// is set to a number. Seconds beyond what a time.Duration holds (about 292
+// years either way) give the largest or smallest one.
 func (l Labels) Duration(key string) (time.Duration, bool) {
 	v, present := l[key]
 	if !present {
@@ -291,7 +292,14 @@ func (l Labels) Duration(key string) (time.Duration, bool) {
 	if !ok || math.IsNaN(f) || math.IsInf(f, 0) {
 		return 0, false
 	}
-	return time.Duration(f * float64(time.Second)), true
+	switch ns := f * float64(time.Second); {
+	case ns >= math.MaxInt64:
+		return math.MaxInt64, true
+	case ns <= math.MinInt64:
+		return math.MinInt64, true
+	default:
+		return time.Duration(ns), true
+	}
 }
 
 // Strings returns the list label key and whether it is set to a list of

@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -116,4 +117,18 @@ func TestDurationReadsAnUnnormalizedDuration(t *testing.T) {
 	d, ok = broker.Labels{broker.LabelDelay: 0.3}.Duration(broker.LabelDelay)
 	require.True(t, ok)
 	require.Equal(t, 300*time.Millisecond, d)
+}
+
+// Seconds past what a time.Duration holds saturate instead of wrapping: a
+// delay of 10^10 seconds is a delay, never a task delivered at once.
+func TestDurationSaturates(t *testing.T) {
+	for _, v := range []any{int64(1e10), 1e300} {
+		d, ok := broker.Labels{broker.LabelDelay: v}.Duration(broker.LabelDelay)
+		require.True(t, ok)
+		require.Equal(t, time.Duration(math.MaxInt64), d, "%v", v)
+		require.Greater(t, (&broker.Message{Labels: broker.Labels{broker.LabelDelay: v}}).Delay(), 200*365*24*time.Hour)
+	}
+	d, ok := broker.Labels{broker.LabelDelay: int64(-1e10)}.Duration(broker.LabelDelay)
+	require.True(t, ok)
+	require.Equal(t, time.Duration(math.MinInt64), d)
 }
