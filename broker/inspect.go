@@ -175,12 +175,14 @@ func (b *ListQueue) DeadLetter(ctx context.Context, queue, taskID string) (DeadL
 // RequeueDead moves dead letters of queue back onto it, with their attempt
 // counters reset: the one of taskID, or all when taskID is "". It returns
 // how many were requeued. Undecodable messages are requeued as they were.
+// A dead letter whose task id a live task has taken meanwhile is kept, and
+// the error wraps ErrTaskExists.
 func (b *ListQueue) RequeueDead(ctx context.Context, queue, taskID string) (int, error) {
 	raws, dls, err := b.deadEntries(ctx, queue)
 	if err != nil {
 		return 0, err
 	}
-	n := 0
+	n, kept := 0, 0
 	for i, dl := range dls {
 		if taskID != "" && dl.TaskID != taskID {
 			continue
@@ -193,11 +195,19 @@ func (b *ListQueue) RequeueDead(ctx context.Context, queue, taskID string) (int,
 			}
 		}
 		keys := []string{b.key(queue, "dead"), b.key(queue, "msg"), b.key(queue, "pending")}
-		ok, err := requeueScript.Run(ctx, b.client, keys, raws[i], dl.TaskID, payload).Int()
+		code, err := requeueScript.Run(ctx, b.client, keys, raws[i], dl.TaskID, payload).Int()
 		if err != nil {
 			return n, fmt.Errorf("kiq: requeue: %w", err)
 		}
-		n += ok
+		switch code { // see requeue.lua
+		case 1:
+			n++
+		case 2:
+			kept++
+		}
+	}
+	if kept > 0 {
+		return n, fmt.Errorf("kiq: requeue: %d dead letter(s) on queue %s kept, %d requeued: %w (a live task has the id)", kept, queue, n, ErrTaskExists)
 	}
 	if n == 0 && taskID != "" {
 		return 0, fmt.Errorf("%w: dead letter %s on queue %s", ErrNotFound, taskID, queue)

@@ -91,3 +91,34 @@ func TestInspection(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, stats.Dead)
 }
+
+// A dead letter whose task id a live task took meanwhile is kept by a
+// requeue, which says why instead of "not found"; the others are requeued.
+func TestRequeueKeepsADeadLetterWhoseIDIsTaken(t *testing.T) {
+	b := newListQueue(t)
+	ctx := context.Background()
+	c, err := b.Consume(ctx, broker.ConsumeOptions{})
+	require.NoError(t, err)
+	defer c.Close(ctx)
+	taken, free := broker.NewTaskID(), broker.NewTaskID()
+	for _, id := range []string{taken, free} {
+		require.NoError(t, b.Kick(ctx, &broker.Message{TaskID: id, TaskName: "t", Args: []byte{0x80}}))
+	}
+	for _, d := range fetchAll(t, c, 2) {
+		require.NoError(t, c.DeadLetter(ctx, d, "it broke"))
+	}
+	require.NoError(t, b.Kick(ctx, &broker.Message{TaskID: taken, TaskName: "t", Args: []byte{0x80}}), "a new task under the old id")
+
+	_, err = b.RequeueDead(ctx, broker.DefaultQueue, taken)
+	require.ErrorIs(t, err, broker.ErrTaskExists)
+	require.NotErrorIs(t, err, broker.ErrNotFound)
+	_, err = b.DeadLetter(ctx, broker.DefaultQueue, taken)
+	require.NoError(t, err, "kept")
+
+	n, err := b.RequeueDead(ctx, broker.DefaultQueue, "")
+	require.ErrorIs(t, err, broker.ErrTaskExists, "all: one kept")
+	require.Equal(t, 1, n, "the free one requeued")
+	stats, err := b.Stats(ctx, broker.DefaultQueue)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), stats.Pending, "the new task and the requeued one")
+}
