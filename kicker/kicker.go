@@ -44,6 +44,7 @@ type Kicker[Args any] struct {
 	labels broker.Labels
 	taskID string
 	eta    time.Time
+	hasETA bool // WithETA was called after any delay label
 }
 
 // New returns a kicker of t.
@@ -52,7 +53,8 @@ func New[Args any](t *Target) *Kicker[Args] {
 }
 
 // WithLabels returns a kicker whose call-level labels are k's overridden by
-// labels. Call-level labels win over task-level ones.
+// labels. Call-level labels win over task-level ones. A delay label in
+// labels replaces an earlier WithETA, as WithDelay does.
 func (k *Kicker[Args]) WithLabels(labels broker.Labels) *Kicker[Args] {
 	c := *k
 	c.labels = maps.Clone(k.labels)
@@ -60,11 +62,14 @@ func (k *Kicker[Args]) WithLabels(labels broker.Labels) *Kicker[Args] {
 		c.labels = make(broker.Labels, len(labels))
 	}
 	maps.Copy(c.labels, labels)
+	if _, ok := labels[broker.LabelDelay]; ok {
+		c.eta, c.hasETA = time.Time{}, false
+	}
 	return &c
 }
 
 // WithTaskID returns a kicker that sends the task under id instead of a
-// random one.
+// random one. KiqMany of more than one task numbers it: id-0, id-1, ...
 func (k *Kicker[Args]) WithTaskID(id string) *Kicker[Args] {
 	c := *k
 	c.taskID = id
@@ -72,16 +77,23 @@ func (k *Kicker[Args]) WithTaskID(id string) *Kicker[Args] {
 }
 
 // WithDelay returns a kicker whose task is delivered no earlier than d after
-// the kick (the delay label).
+// the kick (the delay label). WithDelay and WithETA set the same thing: the
+// last one called wins.
 func (k *Kicker[Args]) WithDelay(d time.Duration) *Kicker[Args] {
 	return k.WithLabels(broker.Labels{broker.LabelDelay: d})
 }
 
 // WithETA returns a kicker whose task is delivered no earlier than t (the
 // delay label, computed when Kiq is called). A time in the past means now.
+// WithETA and WithDelay (or a delay label given to WithLabels) set the same
+// thing: the last one called wins.
 func (k *Kicker[Args]) WithETA(t time.Time) *Kicker[Args] {
 	c := *k
-	c.eta = t
+	if _, ok := k.labels[broker.LabelDelay]; ok {
+		c.labels = maps.Clone(k.labels)
+		delete(c.labels, broker.LabelDelay)
+	}
+	c.eta, c.hasETA = t, true
 	return &c
 }
 
@@ -118,6 +130,10 @@ func (k *Kicker[Args]) Kiq(ctx context.Context, args Args) (*Handle, error) {
 // (the Redis broker: one round trip per thousand). It returns a handle per
 // task that was sent, and an error per task that was not (nil where it
 // was), in the order of args.
+//
+// Task ids must differ, so with WithTaskID(id) and more than one element
+// the task of args[i] is sent as id + "-" + i ("id-0", "id-1", ...); with
+// exactly one element it is sent as id, as Kiq would.
 //
 // More than manyChunk tasks go in chunks, one after the other in the order
 // of args: the next chunk's messages are built, and their send hooks run,
@@ -263,7 +279,7 @@ func (t *turn) end() {
 func (k *Kicker[Args]) Message(args Args) (*broker.Message, error) {
 	t := k.target
 	call := k.labels
-	if !k.eta.IsZero() {
+	if k.hasETA {
 		call = maps.Clone(call)
 		if call == nil {
 			call = broker.Labels{}

@@ -41,6 +41,46 @@ func TestDelayAndETABecomeTheDelayLabel(t *testing.T) {
 	require.Zero(t, d, "an ETA in the past is now")
 }
 
+// WithDelay, WithETA and a delay label in WithLabels set the same thing:
+// the last one called wins, whatever the order.
+func TestDelayAndETALastCallWins(t *testing.T) {
+	k := kicker.New[Args](&kicker.Target{Broker: broker.NewInMemory(), Name: "t", Labels: broker.Labels{broker.LabelDelay: 7}})
+	eta := time.Now().Add(time.Hour)
+	delayOf := func(k *kicker.Kicker[Args]) time.Duration {
+		t.Helper()
+		m, err := k.Message(Args{})
+		require.NoError(t, err)
+		d, ok := m.Labels.Duration(broker.LabelDelay)
+		require.True(t, ok)
+		return d
+	}
+	require.Equal(t, 2*time.Second, delayOf(k.WithETA(eta).WithDelay(2*time.Second)), "WithDelay after WithETA")
+	require.InDelta(t, time.Hour, delayOf(k.WithDelay(2*time.Second).WithETA(eta)), float64(time.Second), "WithETA after WithDelay")
+	require.Equal(t, 3*time.Second, delayOf(k.WithETA(eta).WithLabels(broker.Labels{broker.LabelDelay: 3})), "a delay label after WithETA")
+	require.InDelta(t, time.Hour, delayOf(k.WithETA(eta).WithLabels(broker.Labels{"queue": "q"})), float64(time.Second), "other labels leave the ETA")
+	require.Zero(t, delayOf(k.WithDelay(2*time.Second).WithETA(time.Time{})), "the zero time is in the past: now")
+	require.Equal(t, 7*time.Second, delayOf(k), "the task-level delay without either")
+
+	// The kickers they were made from are unchanged.
+	base := k.WithDelay(2 * time.Second)
+	_ = base.WithETA(eta)
+	require.Equal(t, 2*time.Second, delayOf(base))
+}
+
+// With WithTaskID, KiqMany sends one task under the id as given, and
+// several under id-0, id-1, ... in the order of the arguments.
+func TestKiqManyTaskIDs(t *testing.T) {
+	k := kicker.New[Args](&kicker.Target{Broker: broker.NewInMemory(), Name: "t"}).WithTaskID("job")
+	handles, errs := k.KiqMany(context.Background(), []Args{{N: 1}})
+	require.NoError(t, errs[0])
+	require.Equal(t, "job", handles[0].TaskID())
+	handles, errs = k.KiqMany(context.Background(), []Args{{N: 1}, {N: 2}, {N: 3}})
+	for i, h := range handles {
+		require.NoError(t, errs[i])
+		require.Equal(t, fmt.Sprintf("job-%d", i), h.TaskID())
+	}
+}
+
 type failing struct {
 	middleware.Base
 	err error

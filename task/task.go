@@ -7,7 +7,8 @@
 //
 // Labels come from three places, each overriding the one before:
 //
-//  1. struct tags on a task.Meta embedded in Args,
+//  1. struct tags on a task.Meta embedded by value at the top level of Args
+//     (Define panics if Args holds a task.Meta anywhere else),
 //  2. task.WithLabels given to Define,
 //  3. the kicker's WithLabels at call time.
 package task
@@ -36,6 +37,10 @@ type Labels = broker.Labels
 // Values are typed by the label they name ("60" is the int 60 for
 // deduplication_ttl; "a,b" a list for deduplication_key_fields); unknown
 // labels stay strings. Meta adds nothing to the encoded arguments.
+//
+// Embed Meta by value at the top level of Args: Define panics if Args holds
+// it anywhere else (by pointer, as a named field, or inside an embedded
+// struct), rather than ignore its tags.
 type Meta struct{}
 
 // Option configures Define.
@@ -64,8 +69,9 @@ type Task[Args any] struct {
 // Define registers fn under name on b and returns the task.
 //
 // Define panics, like http.HandleFunc, on a programming error found at
-// start-up: a name already defined on b, or labels (in tags or options) whose
-// values do not fit their label.
+// start-up: a name already defined on b, labels (in tags or options) whose
+// values do not fit their label, or a task.Meta that is not embedded by value
+// at the top level of Args.
 func Define[Args any](b broker.Broker, name string, fn func(context.Context, Args) error, opts ...Option) *Task[Args] {
 	return define(b, name, func(ctx context.Context, a Args) (any, error) { return nil, fn(ctx, a) }, opts)
 }
@@ -143,6 +149,12 @@ var metaType = reflect.TypeFor[Meta]()
 
 // LabelsOf returns the labels given by the struct tags of the task.Meta
 // embedded in Args, typed as their labels, or nil when Args embeds none.
+//
+// Only a task.Meta embedded by value at the top level of Args is read. A
+// task.Meta anywhere else among the fields of Args — embedded by pointer, a
+// named field, or inside an embedded struct — is an error, never silently
+// skipped. (Fields of a named struct type are values of their own, as in
+// Items []OtherArgs, and are not looked into.)
 func LabelsOf[Args any]() (Labels, error) {
 	typ := reflect.TypeFor[Args]()
 	for typ.Kind() == reflect.Pointer {
@@ -151,13 +163,54 @@ func LabelsOf[Args any]() (Labels, error) {
 	if typ.Kind() != reflect.Struct {
 		return nil, nil
 	}
+	var tag *reflect.StructTag
 	for i := range typ.NumField() {
 		f := typ.Field(i)
 		if f.Anonymous && f.Type == metaType {
-			return ParseTag(string(f.Tag))
+			if tag != nil {
+				return nil, fmt.Errorf("task.Meta embedded twice in %s", typ)
+			}
+			tag = &f.Tag
+			continue
+		}
+		if err := misplacedMeta(f, "", map[reflect.Type]bool{typ: true}); err != nil {
+			return nil, err
 		}
 	}
-	return nil, nil
+	if tag == nil {
+		return nil, nil
+	}
+	return ParseTag(string(*tag))
+}
+
+// misplacedMeta returns an error if f, a field of Args or of a struct Args
+// embeds, is a task.Meta (by value or pointer) or embeds one, at any depth
+// of embedded structs. path is the dotted path of the embedded structs f is
+// in ("" at the top level, "Base." in an embedded Base). seen holds the
+// struct types already looked into, so that a type embedding a pointer to
+// itself ends.
+func misplacedMeta(f reflect.StructField, path string, seen map[reflect.Type]bool) error {
+	typ := f.Type
+	for typ.Kind() == reflect.Pointer {
+		typ = typ.Elem()
+	}
+	if typ == metaType {
+		how := "field"
+		if f.Anonymous {
+			how = "embedded as"
+		}
+		return fmt.Errorf("%s %s %s: embed task.Meta by value at the top level of Args", f.Type, how, path+f.Name)
+	}
+	if !f.Anonymous || typ.Kind() != reflect.Struct || seen[typ] {
+		return nil
+	}
+	seen[typ] = true
+	for i := range typ.NumField() {
+		if err := misplacedMeta(typ.Field(i), path+f.Name+".", seen); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ParseTag parses a struct tag (`key:"value" key2:"value2"`, the format of

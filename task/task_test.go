@@ -135,6 +135,60 @@ func TestDefinePanicsOnProgrammingErrors(t *testing.T) {
 	require.Panics(t, func() { task.Define(b, "", func(context.Context, WelcomeArgs) error { return nil }) })
 }
 
+type sharedLabels struct {
+	task.Meta `deduplication_ttl:"soon"`
+}
+
+type deeper struct{ sharedLabels }
+
+// defineNoop defines a task "t" of arguments Args that does nothing.
+func defineNoop[Args any](b broker.Broker) {
+	task.Define(b, "t", func(context.Context, Args) error { return nil })
+}
+
+// A task.Meta anywhere but embedded by value at the top level of Args would
+// have its tags ignored: Define panics instead, with a bad tag or a good one.
+func TestDefinePanicsOnMisplacedMeta(t *testing.T) {
+	type ByPointer struct {
+		*task.Meta `deduplication_ttl:"soon"`
+		N          int
+	}
+	type Named struct {
+		Labels task.Meta `deduplication_ttl:"60"`
+	}
+	type Embedded struct {
+		sharedLabels
+		N int
+	}
+	type Deep struct{ *deeper }
+	type Both struct {
+		task.Meta `deduplication_ttl:"60"`
+		sharedLabels
+	}
+	for _, c := range []struct {
+		define func(broker.Broker)
+		where  string
+	}{
+		{defineNoop[ByPointer], "*task.Meta embedded as Meta"},
+		{defineNoop[Named], "task.Meta field Labels"},
+		{defineNoop[Embedded], "task.Meta embedded as sharedLabels.Meta"},
+		{defineNoop[Deep], "task.Meta embedded as deeper.sharedLabels.Meta"},
+		{defineNoop[Both], "task.Meta embedded as sharedLabels.Meta"},
+	} {
+		require.PanicsWithValue(t, `kiq: task.Define "t": `+c.where+`: embed task.Meta by value at the top level of Args`,
+			func() { c.define(broker.NewInMemory()) })
+	}
+
+	// Arguments of their own inside Args are not looked into.
+	type Batch struct {
+		Items []WelcomeArgs `msgpack:"items"`
+		One   WelcomeArgs   `msgpack:"one"`
+	}
+	labels, err := task.LabelsOf[Batch]()
+	require.NoError(t, err)
+	require.Nil(t, labels)
+}
+
 func TestParseTag(t *testing.T) {
 	l, err := task.ParseTag(`  deduplication:"false" note:"a \"quoted\" value" max_retries:"2"`)
 	require.NoError(t, err)
