@@ -25,9 +25,21 @@ type InMemory struct {
 }
 
 type memQueue struct {
-	ready     [][]byte
+	ready     []memMsg
 	scheduled memSchedule
 	dead      []DeadLetter
+	// ids holds the task id of every task that exists on the queue: kicked
+	// and not yet acknowledged or dead-lettered (pending, scheduled, in
+	// flight or awaiting a retry), as ListQueue's msg hash does. Guarded by
+	// the broker's mu.
+	ids map[string]struct{}
+}
+
+// memMsg is a stored message and the task id the broker knows it by (the
+// kicked message's, kept even when the message does not decode).
+type memMsg struct {
+	id  string
+	raw []byte
 }
 
 // DeadLetter is a message a worker could not or would not run, with the
@@ -87,7 +99,9 @@ func (b *InMemory) Shutdown(ctx context.Context) error { return b.shutdown(ctx) 
 var ErrLockUnsupported = errors.New("kiq: broker cannot take a lock with the enqueue")
 
 // Kick encodes msg and puts it on its queue, or schedules it when it carries
-// a delay.
+// a delay. A task id that exists already on the queue (not yet acknowledged
+// or dead-lettered) is an error wrapping [ErrTaskExists], and nothing is
+// queued.
 func (b *InMemory) Kick(ctx context.Context, msg *Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -103,18 +117,24 @@ func (b *InMemory) Kick(ctx context.Context, msg *Message) error {
 		return err
 	}
 	due := time.UnixMilli(msg.EnqueuedAt).Add(msg.Delay())
+	queue := msg.Queue(DefaultQueue)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.enqueueLocked(msg.Queue(DefaultQueue), raw, due)
+	q := b.queue(queue)
+	if _, ok := q.ids[msg.TaskID]; ok {
+		return fmt.Errorf("%w: %s", ErrTaskExists, msg.TaskID)
+	}
+	q.ids[msg.TaskID] = struct{}{}
+	b.enqueueLocked(queue, memMsg{id: msg.TaskID, raw: raw}, due)
 	return nil
 }
 
-func (b *InMemory) enqueueLocked(queue string, raw []byte, due time.Time) {
+func (b *InMemory) enqueueLocked(queue string, m memMsg, due time.Time) {
 	q := b.queue(queue)
 	if due.After(b.now()) {
-		heap.Push(&q.scheduled, memScheduled{due: due, raw: raw})
+		heap.Push(&q.scheduled, memScheduled{due: due, msg: m})
 	} else {
-		q.ready = append(q.ready, raw)
+		q.ready = append(q.ready, m)
 	}
 	close(b.changed)
 	b.changed = make(chan struct{})
@@ -123,7 +143,7 @@ func (b *InMemory) enqueueLocked(queue string, raw []byte, due time.Time) {
 func (b *InMemory) queue(name string) *memQueue {
 	q, ok := b.queues[name]
 	if !ok {
-		q = &memQueue{}
+		q = &memQueue{ids: make(map[string]struct{})}
 		b.queues[name] = q
 	}
 	return q
@@ -167,7 +187,7 @@ func (b *InMemory) Consume(ctx context.Context, opts ConsumeOptions) (Consumer, 
 	if len(queues) == 0 {
 		queues = []string{DefaultQueue}
 	}
-	c := &memConsumer{b: b, queues: slices.Clone(queues), held: make(map[*Delivery]struct{})}
+	c := &memConsumer{b: b, queues: slices.Clone(queues), held: make(map[*Delivery]string)}
 	b.mu.Lock()
 	b.consumers[c] = struct{}{}
 	b.mu.Unlock()
@@ -178,8 +198,8 @@ type memConsumer struct {
 	b      *InMemory
 	queues []string
 
-	mu     sync.Mutex // guards held and closed; taken after b.mu
-	held   map[*Delivery]struct{}
+	mu     sync.Mutex           // guards held and closed; taken after b.mu
+	held   map[*Delivery]string // delivery -> the task id the broker knows it by
 	closed bool
 }
 
@@ -204,16 +224,16 @@ func (c *memConsumer) Fetch(ctx context.Context, limit int) ([]*Delivery, error)
 		for _, name := range c.queues {
 			q := b.queue(name)
 			for len(q.scheduled) > 0 && !q.scheduled[0].due.After(now) {
-				q.ready = append(q.ready, heap.Pop(&q.scheduled).(memScheduled).raw)
+				q.ready = append(q.ready, heap.Pop(&q.scheduled).(memScheduled).msg)
 			}
 			if len(q.scheduled) > 0 && (next.IsZero() || q.scheduled[0].due.Before(next)) {
 				next = q.scheduled[0].due
 			}
 			for len(q.ready) > 0 && len(out) < limit {
-				raw := q.ready[0]
+				m := q.ready[0]
 				q.ready = q.ready[1:]
-				d := decodeDelivery(b.formatter, name, raw)
-				c.held[d] = struct{}{}
+				d := decodeDelivery(b.formatter, name, m.raw)
+				c.held[d] = m.id
 				out = append(out, d)
 			}
 		}
@@ -249,23 +269,41 @@ func decodeDelivery(f Formatter, queue string, raw []byte) *Delivery {
 }
 
 // settle removes ds from the held set, failing for one this consumer does
-// not hold.
-func (c *memConsumer) settle(ds ...*Delivery) error {
+// not hold, and returns their task ids, in order. The caller holds c.b.mu.
+func (c *memConsumer) settle(ds ...*Delivery) ([]string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, d := range ds {
-		if _, ok := c.held[d]; !ok {
-			return fmt.Errorf("kiq: delivery %q is not held by this consumer", d.ID)
+	ids := make([]string, len(ds))
+	for i, d := range ds {
+		id, ok := c.held[d]
+		if !ok {
+			return nil, fmt.Errorf("kiq: delivery %q is not held by this consumer", d.ID)
 		}
+		ids[i] = id
 	}
 	for _, d := range ds {
 		delete(c.held, d)
 	}
-	return nil
+	return ids, nil
+}
+
+// endLocked forgets the task ids of ds, which ended (acknowledged or
+// dead-lettered): their ids can be kicked again. The caller holds c.b.mu.
+func (c *memConsumer) endLocked(ds []*Delivery, ids []string) {
+	for i, d := range ds {
+		delete(c.b.queue(d.Queue).ids, ids[i])
+	}
 }
 
 func (c *memConsumer) Ack(ctx context.Context, ds ...*Delivery) error {
-	return c.settle(ds...)
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	ids, err := c.settle(ds...)
+	if err != nil {
+		return err
+	}
+	c.endLocked(ds, ids)
+	return nil
 }
 
 func (c *memConsumer) Retry(ctx context.Context, d *Delivery, msg *Message, delay time.Duration) error {
@@ -275,19 +313,23 @@ func (c *memConsumer) Retry(ctx context.Context, d *Delivery, msg *Message, dela
 	}
 	c.b.mu.Lock()
 	defer c.b.mu.Unlock()
-	if err := c.settle(d); err != nil {
+	ids, err := c.settle(d)
+	if err != nil {
 		return err
 	}
-	c.b.enqueueLocked(d.Queue, raw, c.b.now().Add(delay))
+	// The task still exists: it is queued again under the id it has.
+	c.b.enqueueLocked(d.Queue, memMsg{id: ids[0], raw: raw}, c.b.now().Add(delay))
 	return nil
 }
 
 func (c *memConsumer) DeadLetter(ctx context.Context, d *Delivery, reason string) error {
 	c.b.mu.Lock()
 	defer c.b.mu.Unlock()
-	if err := c.settle(d); err != nil {
+	ids, err := c.settle(d)
+	if err != nil {
 		return err
 	}
+	c.endLocked([]*Delivery{d}, ids)
 	dl := DeadLetter{Queue: d.Queue, Reason: reason, At: c.b.now(), Raw: d.Raw}
 	if d.Message != nil {
 		dl.TaskID, dl.TaskName, dl.Attempt = d.Message.TaskID, d.Message.TaskName, d.Message.Attempt
@@ -300,22 +342,24 @@ func (c *memConsumer) DeadLetter(ctx context.Context, d *Delivery, reason string
 func (c *memConsumer) HandBack(ctx context.Context, ds ...*Delivery) error {
 	c.b.mu.Lock()
 	defer c.b.mu.Unlock()
-	if err := c.settle(ds...); err != nil {
+	ids, err := c.settle(ds...)
+	if err != nil {
 		return err
 	}
-	c.handBackLocked(ds)
+	c.handBackLocked(ds, ids)
 	return nil
 }
 
-// handBackLocked puts ds back at the head of their queues, in order.
-func (c *memConsumer) handBackLocked(ds []*Delivery) {
-	front := map[string][][]byte{} // queue -> its messages handed back, in order
-	for _, d := range ds {
-		front[d.Queue] = append(front[d.Queue], d.Raw)
+// handBackLocked puts ds, known by ids, back at the head of their queues,
+// in order. Their tasks still exist.
+func (c *memConsumer) handBackLocked(ds []*Delivery, ids []string) {
+	front := map[string][]memMsg{} // queue -> its messages handed back, in order
+	for i, d := range ds {
+		front[d.Queue] = append(front[d.Queue], memMsg{id: ids[i], raw: d.Raw})
 	}
-	for name, raws := range front {
+	for name, ms := range front {
 		q := c.b.queue(name)
-		q.ready = append(raws, q.ready...)
+		q.ready = append(ms, q.ready...)
 	}
 	close(c.b.changed)
 	c.b.changed = make(chan struct{})
@@ -332,18 +376,20 @@ func (c *memConsumer) Close(ctx context.Context) error {
 	c.closed = true
 	delete(c.b.consumers, c)
 	held := make([]*Delivery, 0, len(c.held))
-	for d := range c.held {
+	ids := make([]string, 0, len(c.held))
+	for d, id := range c.held {
 		held = append(held, d)
+		ids = append(ids, id)
 	}
 	clear(c.held)
 	c.mu.Unlock()
-	c.handBackLocked(held) // also wakes a Fetch blocked on this consumer
+	c.handBackLocked(held, ids) // also wakes a Fetch blocked on this consumer
 	return nil
 }
 
 type memScheduled struct {
 	due time.Time
-	raw []byte
+	msg memMsg
 }
 
 // memSchedule is a min-heap of scheduled messages by due time.

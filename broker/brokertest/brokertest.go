@@ -199,6 +199,31 @@ func Run(t *testing.T, h Harness) {
 		require.Equal(t, m.TaskID, ds[0].ID)
 	})
 
+	t.Run("a task id that exists is refused until its task is acknowledged", func(t *testing.T) {
+		t.Parallel()
+		b := h.New(t)
+		m := msg("first", nil)
+		require.NoError(t, b.Kick(ctx, m))
+		dup := msg("dup", nil)
+		dup.TaskID = m.TaskID
+		require.ErrorIs(t, b.Kick(ctx, dup), broker.ErrTaskExists, "pending")
+		c := consume(t, b)
+		ds := fetch(t, c, 10)
+		require.Len(t, ds, 1, "delivered once")
+		require.Equal(t, m.TaskID, ds[0].ID)
+		require.Equal(t, "first", ds[0].Message.TaskName, "the first kick's message")
+		fetchNone(t, c, 100*time.Millisecond)
+		require.NoError(t, c.Ack(ctx, ds...))
+		again := msg("again", nil)
+		again.TaskID = m.TaskID
+		require.NoError(t, b.Kick(ctx, again), "acknowledged: the id is free")
+		ds = fetch(t, c, 10)
+		require.Len(t, ds, 1)
+		require.Equal(t, m.TaskID, ds[0].ID)
+		require.Equal(t, "again", ds[0].Message.TaskName)
+		require.NoError(t, c.Ack(ctx, ds...))
+	})
+
 	t.Run("close ends a blocked fetch; fetch after close fails", func(t *testing.T) {
 		t.Parallel()
 		b := h.New(t)
