@@ -21,17 +21,20 @@
 //	locks list              deduplication locks with holder and TTL
 //	locks release KEY       release one lock, whoever holds it
 //
-// Operator commands print an aligned table, or JSON with --json; errors go
-// to stderr with exit status 1, usage errors 2.
+// Operator commands (all but run) need --redis-url (or KIQ_REDIS_URL): they
+// inspect the Redis of running workers, never an embedded one. They print an
+// aligned table, or JSON with --json; errors go to stderr with exit status 1,
+// usage errors 2. A flag after an argument is a usage error. -h prints the
+// usage, the commands and the flags, and exits 0.
 //
 // Unless Setup gave the broker a result backend, the command line gives it
 // one in Redis (broker.NewRedisResults, under --key-prefix, kept for
 // --result-ttl, default one hour; 0 turns it off): the worker stores every
 // task's final result there, and `tasks show` reads it.
 //
-// Without --redis-url, the worker runs on an embedded, in-process Redis
-// (miniredis, its keys expiring in real time: see internal/embedredis), so
-// a first run needs nothing installed.
+// Without --redis-url, the worker (run) runs on an embedded, in-process
+// Redis (miniredis, its keys expiring in real time: see internal/embedredis)
+// with App.Demo beside it, so a first run needs nothing installed.
 package cli
 
 import (
@@ -123,15 +126,58 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.keyPrefix, "key-prefix", "kiq", "prefix of the broker's Redis keys")
 	fs.StringVar(&f.dedupPrefix, "dedup-prefix", "taskiq:deduplication", "prefix of deduplication lock keys (the worker's and the locks commands')")
 	fs.DurationVar(&f.resultTTL, "result-ttl", broker.DefaultResultTTL, "how long results are kept in Redis for tasks show (0: results are not stored), unless the program set a result backend")
-	fs.IntVar(&f.concurrency, "concurrency", 16, "tasks run at once")
-	fs.IntVar(&f.prefetch, "prefetch", 0, "most tasks held at once, running or waiting (0: twice the concurrency)")
-	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to wait for running tasks on shutdown")
+	fs.IntVar(&f.concurrency, "concurrency", defaultConcurrency, fmt.Sprintf("tasks run at once (0: %d)", defaultConcurrency))
+	fs.IntVar(&f.prefetch, "prefetch", 0, "most tasks held at once, running or waiting (0: twice the concurrency; never below it)")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout,
+		fmt.Sprintf("how long to wait for running tasks on shutdown before cancelling them (0: %s)", defaultShutdownTimeout))
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&f.progress, "progress", time.Second, "how often to print the progress line (0: never)")
 	fs.BoolVar(&f.jsonOut, "json", false, "operator commands: print JSON instead of a table")
 	fs.StringVar(&f.queue, "queue", broker.DefaultQueue, "operator commands: the queue of dead letters and tasks")
 	fs.BoolVar(&f.all, "all", false, "dead requeue: every dead letter of the queue")
+}
+
+// The defaults of worker.Options, which the command line resolves itself to
+// log the values it uses.
+const (
+	defaultConcurrency     = 16
+	defaultShutdownTimeout = 10 * time.Second
+)
+
+// validate rejects the values of numeric flags that mean nothing: negative
+// ones (0 means the default, or off).
+func (f *flags) validate() error {
+	for _, n := range []struct {
+		name string
+		neg  bool
+		v    any
+	}{
+		{"concurrency", f.concurrency < 0, f.concurrency},
+		{"prefetch", f.prefetch < 0, f.prefetch},
+		{"shutdown-timeout", f.shutdownTimeout < 0, f.shutdownTimeout},
+		{"result-ttl", f.resultTTL < 0, f.resultTTL},
+		{"progress", f.progress < 0, f.progress},
+	} {
+		if n.neg {
+			return fmt.Errorf("bad --%s %v: must not be negative", n.name, n.v)
+		}
+	}
+	return nil
+}
+
+// concurrencyUsed returns the concurrency and prefetch the worker runs with,
+// as worker.Options would resolve them.
+func (f *flags) concurrencyUsed() (concurrency, prefetch int) {
+	concurrency = f.concurrency
+	if concurrency == 0 {
+		concurrency = defaultConcurrency
+	}
+	prefetch = f.prefetch
+	if prefetch == 0 {
+		prefetch = 2 * concurrency
+	}
+	return concurrency, max(prefetch, concurrency)
 }
 
 func (f *flags) logger(w io.Writer) (*slog.Logger, error) {
@@ -176,7 +222,7 @@ func (app App) Run(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stderr, "%s: unknown command %q (want %s)\n", name, cmd, commandNames())
 		return 2
 	}
-	if len(subs) > 0 {
+	if len(subs) > 0 && !(len(args) > 0 && isHelp(args[0])) { // "dead -h" prints the usage
 		if len(args) == 0 || strings.HasPrefix(args[0], "-") || !slices.Contains(subs, args[0]) {
 			fmt.Fprintf(stderr, "%s %s: want a subcommand: %s\n", name, cmd, strings.Join(subs, ", "))
 			return 2
@@ -185,9 +231,21 @@ func (app App) Run(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	fs := flag.NewFlagSet(strings.TrimSpace(name+" "+cmd+" "+sub), flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {} // printed below, where it belongs
 	var f flags
 	f.register(fs)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			// Asked for: to stdout, and success.
+			fs.SetOutput(stdout)
+			app.usage(fs, name)
+			return 0
+		}
+		app.usage(fs, name) // after the error, on stderr
+		return 2
+	}
+	if err := f.validate(); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 2
 	}
 	log, err := f.logger(stderr)
@@ -205,6 +263,20 @@ func (app App) Run(ctx context.Context, args []string, stdout, stderr io.Writer)
 			name, fs.Args(), name)
 		return 2
 	}
+	if cmd != "run" {
+		if arg, flagArg := flagAfterArgument(args, fs.Args()); flagArg != "" {
+			fmt.Fprintf(stderr, "%s: %q comes after the argument %q: flags go before arguments (%s [flags] ARGS)\n",
+				fs.Name(), flagArg, arg, fs.Name())
+			return 2
+		}
+		if f.redisURL == "" {
+			// The embedded Redis of this process would be empty: its
+			// answers would be wrong, not merely useless.
+			fmt.Fprintf(stderr, "%s: needs --redis-url (or KIQ_REDIS_URL), the Redis of the workers to inspect; only the worker itself (no command) runs on an embedded Redis\n",
+				fs.Name())
+			return 2
+		}
+	}
 	// The command line owns the process: middlewares and tasks that log
 	// to the default logger follow --log-level and --log-format too.
 	slog.SetDefault(log)
@@ -214,7 +286,7 @@ func (app App) Run(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		return operate(ctx, b, &f, cmd, sub, fs.Args(), stdout)
 	}
-	if err := app.withBroker(ctx, &f, log, run); err != nil {
+	if err := app.withBroker(ctx, &f, log, cmd == "run", run); err != nil {
 		var usage usageError
 		if errors.As(err, &usage) {
 			fmt.Fprintf(stderr, "%s %s: %v\n", name, cmd, err)
@@ -227,8 +299,9 @@ func (app App) Run(ctx context.Context, args []string, stdout, stderr io.Writer)
 }
 
 // withBroker builds the broker of the flags, embedded or real, runs Setup,
-// then fn, then shuts the broker down.
-func (app App) withBroker(ctx context.Context, f *flags, log *slog.Logger, fn func(context.Context, *broker.ListQueue) error) error {
+// then fn (beside the Demo if demo is set and the broker embedded), then
+// shuts the broker down.
+func (app App) withBroker(ctx context.Context, f *flags, log *slog.Logger, demo bool, fn func(context.Context, *broker.ListQueue) error) error {
 	url := f.redisURL
 	embedded := url == ""
 	if embedded {
@@ -255,7 +328,7 @@ func (app App) withBroker(ctx context.Context, f *flags, log *slog.Logger, fn fu
 		// Shutdown closes it.
 		b.WithResultBackend(broker.NewRedisResults(b.Client(), f.keyPrefix, f.resultTTL))
 	}
-	if embedded && app.Demo != nil {
+	if demo && embedded && app.Demo != nil {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		done := make(chan struct{})
@@ -271,15 +344,20 @@ func (app App) withBroker(ctx context.Context, f *flags, log *slog.Logger, fn fu
 }
 
 func (app App) runWorker(ctx context.Context, b *broker.ListQueue, f *flags, log *slog.Logger, stderr io.Writer) error {
+	concurrency, prefetch := f.concurrencyUsed()
+	shutdownTimeout := f.shutdownTimeout
+	if shutdownTimeout == 0 {
+		shutdownTimeout = defaultShutdownTimeout
+	}
 	w := worker.New(b, worker.Options{
-		Concurrency:     f.concurrency,
-		Prefetch:        f.prefetch,
+		Concurrency:     concurrency,
+		Prefetch:        prefetch,
 		Queues:          f.queueList(),
-		ShutdownTimeout: f.shutdownTimeout,
+		ShutdownTimeout: shutdownTimeout,
 		Logger:          log,
 	})
-	log.Info("kiq: worker started", slog.Any("queues", f.queueList()), slog.Int("concurrency", f.concurrency),
-		slog.Any("tasks", b.Registry().Names()))
+	log.Info("kiq: worker started", slog.Any("queues", f.queueList()), slog.Int("concurrency", concurrency),
+		slog.Int("prefetch", prefetch), slog.Any("tasks", b.Registry().Names()))
 	if f.progress > 0 {
 		ctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
@@ -287,6 +365,58 @@ func (app App) runWorker(ctx context.Context, b *broker.ListQueue, f *flags, log
 		defer func() { cancel(); <-done }()
 	}
 	return w.Run(ctx)
+}
+
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "--h", "-help", "--help":
+		return true
+	}
+	return false
+}
+
+// flagAfterArgument returns the first argument that looks like a flag and
+// comes after a positional argument, with that argument, in args, rest
+// being what flag parsing left of them. After "--", everything is an
+// argument ("dead requeue -- --all").
+func flagAfterArgument(args, rest []string) (arg, flagArg string) {
+	if parsed := len(args) - len(rest); len(rest) == 0 || parsed > 0 && args[parsed-1] == "--" {
+		return "", ""
+	}
+	for _, a := range rest[1:] {
+		if len(a) > 1 && a[0] == '-' && a != "--" {
+			return rest[0], a
+		}
+	}
+	return "", ""
+}
+
+// usage prints the usage, the commands and the flags to fs's output.
+func (app App) usage(fs *flag.FlagSet, name string) {
+	demo := ""
+	if app.Demo != nil {
+		demo = " with a demo producer"
+	}
+	fmt.Fprintf(fs.Output(), `Usage: %[1]s [flags]                          run a worker
+       %[1]s COMMAND [SUBCOMMAND] [flags] [ARGS]  an operator command
+
+Commands (flags go after the command, before its arguments):
+  run (the default)       consume and run tasks until SIGINT/SIGTERM
+  queues                  each queue's pending, in-flight, scheduled and dead counts
+  dead list               the dead letters of --queue, newest first
+  dead show ID            one dead letter, with its message
+  dead requeue ID|--all   put dead letters back on their queue, attempts reset
+  dead purge              delete the dead letters of --queue
+  tasks show ID           where a task is: pending, scheduled, in flight, dead or done
+  locks list              deduplication locks with holder and TTL
+  locks release KEY       release one lock, whoever holds it
+
+Operator commands (all but run) need --redis-url. Without it, the worker runs
+on an embedded, in-process Redis%[2]s.
+
+Flags:
+`, name, demo)
+	fs.PrintDefaults()
 }
 
 // progress prints a line with the worker's counters every interval.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -238,8 +239,92 @@ func TestSetupGetsTheSettings(t *testing.T) {
 		return nil
 	}}
 	var errOut bytes.Buffer
-	code := app.Run(context.Background(), []string{"queues", "--dedup-prefix", "my:locks", "--key-prefix", "mine", "--queues", "a, b"},
-		&bytes.Buffer{}, &errOut)
+	code := app.Run(context.Background(), []string{"queues", "--redis-url", redistest.Shared(t).URL(), "--dedup-prefix", "my:locks",
+		"--key-prefix", "mine", "--queues", "a, b"}, &bytes.Buffer{}, &errOut)
 	require.Equal(t, 0, code, errOut.String())
-	require.Equal(t, cli.Settings{KeyPrefix: "mine", DedupPrefix: "my:locks", Queues: []string{"a", "b"}, Embedded: true}, got)
+	require.Equal(t, cli.Settings{KeyPrefix: "mine", DedupPrefix: "my:locks", Queues: []string{"a", "b"}}, got)
+
+	// The worker without --redis-url: embedded (an ended context stops it
+	// at once).
+	t.Setenv("KIQ_REDIS_URL", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.Equal(t, 0, app.Run(ctx, []string{"--progress", "0"}, &bytes.Buffer{}, &errOut), errOut.String())
+	require.Equal(t, cli.Settings{KeyPrefix: "kiq", DedupPrefix: "taskiq:deduplication", Queues: []string{"taskiq"}, Embedded: true}, got)
+}
+
+// An operator command inspects the Redis of the workers: without
+// --redis-url it is a usage error, not a look at an empty embedded Redis
+// with the demo producer started for it.
+func TestOperatorCommandsNeedARedisURL(t *testing.T) {
+	t.Setenv("KIQ_REDIS_URL", "")
+	var setups, demos atomic.Int32
+	app := cli.App{
+		Setup: func(context.Context, *broker.ListQueue, cli.Settings) error { setups.Add(1); return nil },
+		Demo:  func(ctx context.Context, b *broker.ListQueue) error { demos.Add(1); return nil },
+	}
+	for _, args := range [][]string{
+		{"queues"},
+		{"dead", "list"},
+		{"dead", "show", "x"},
+		{"dead", "requeue", "--all"},
+		{"dead", "purge", "--json"},
+		{"tasks", "show", "x"},
+		{"locks", "list"},
+		{"locks", "release", "taskiq:deduplication:k"},
+	} {
+		var out, errOut bytes.Buffer
+		require.Equal(t, 2, app.Run(context.Background(), args, &out, &errOut), "%v: %s", args, errOut.String())
+		require.Contains(t, errOut.String(), "needs --redis-url", "%v", args)
+		require.Empty(t, out.String(), "%v", args)
+	}
+	require.Zero(t, setups.Load(), "no broker was built")
+	require.Zero(t, demos.Load(), "no demo producer was started")
+}
+
+// -h prints the usage with the commands and the flags, and succeeds;
+// a bad flag is still a usage error.
+func TestHelp(t *testing.T) {
+	app := cli.App{Name: "tw"}
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"queues", "-h"}, {"dead", "-h"}, {"dead", "show", "--help"}} {
+		var out, errOut bytes.Buffer
+		require.Equal(t, 0, app.Run(context.Background(), args, &out, &errOut), "%v: %s", args, errOut.String())
+		for _, want := range []string{"Usage: tw", "queues ", "dead requeue ID|--all", "tasks show ID", "locks release KEY",
+			"-redis-url", "-shutdown-timeout"} {
+			require.Contains(t, out.String(), want, "%v", args)
+		}
+		require.Empty(t, errOut.String(), "%v", args)
+	}
+	var out, errOut bytes.Buffer
+	require.Equal(t, 2, app.Run(context.Background(), []string{"--nope"}, &out, &errOut))
+	require.Contains(t, errOut.String(), "flag provided but not defined: -nope")
+	require.Contains(t, errOut.String(), "Usage: tw")
+	require.Empty(t, out.String())
+}
+
+// A negative number in a numeric flag is a usage error; 0 means the
+// default, and the worker logs the values it uses.
+func TestNegativeNumericFlags(t *testing.T) {
+	t.Setenv("KIQ_REDIS_URL", "")
+	app := cli.App{}
+	// An ended context: were a flag accepted, the worker would stop at once.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, args := range [][]string{
+		{"--concurrency", "-3"},
+		{"--prefetch", "-1"},
+		{"--shutdown-timeout", "-1s"},
+		{"--result-ttl", "-1h"},
+		{"--progress", "-1s"},
+	} {
+		var errOut bytes.Buffer
+		require.Equal(t, 2, app.Run(ctx, args, &bytes.Buffer{}, &errOut), "%v: %s", args, errOut.String())
+		require.Contains(t, errOut.String(), "must not be negative", "%v", args)
+	}
+	var errOut bytes.Buffer
+	require.Equal(t, 0, app.Run(ctx, []string{"--concurrency", "0", "--progress", "0"}, &bytes.Buffer{}, &errOut), errOut.String())
+	require.Contains(t, errOut.String(), "concurrency=16 prefetch=32")
+	errOut.Reset()
+	require.Equal(t, 0, app.Run(ctx, []string{"--concurrency", "4", "--prefetch", "2", "--progress", "0"}, &bytes.Buffer{}, &errOut), errOut.String())
+	require.Contains(t, errOut.String(), "concurrency=4 prefetch=4")
 }

@@ -356,3 +356,24 @@ func TestCommandsFailWhenRedisIsUnreachable(t *testing.T) {
 		require.Empty(t, out.String(), "%v", args)
 	}
 }
+
+// Flags go before arguments: one after an argument is a usage error that
+// says so, not "want a task id" (and not a missing --redis-url).
+func TestFlagsAfterArguments(t *testing.T) {
+	app := cli.App{}
+	url := []string{"--redis-url", "redis://127.0.0.1:1"} // never reached
+	for _, args := range [][]string{
+		append(append([]string{"tasks", "show"}, url...), "abc", "--json"),
+		append(append([]string{"dead", "show"}, url...), "abc", "--queue", "emails"),
+		append(append([]string{"dead", "requeue"}, url...), "abc", "--all"),
+		append(append([]string{"locks", "release"}, url...), "k", "-json"),
+		{"tasks", "show", "abc", "--redis-url", "redis://127.0.0.1:1"},
+		append(append([]string{"queues"}, url...), "x", "--json"),
+	} {
+		var out, errOut bytes.Buffer
+		code := app.Run(context.Background(), args, &out, &errOut)
+		require.Equal(t, 2, code, "%v: %s", args, errOut.String())
+		require.Contains(t, errOut.String(), "flags go before arguments", "%v", args)
+		require.Empty(t, out.String(), "%v", args)
+	}
+}
