@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -182,7 +183,16 @@ func (m *Middleware) ttl(msg *broker.Message) time.Duration {
 // counted from when it may first run, so a delayed task does not lose its
 // lock while it waits.
 func (m *Middleware) sendTTL(msg *broker.Message) time.Duration {
-	return m.ttl(msg) + msg.Delay()
+	return addTTL(m.ttl(msg), msg.Delay())
+}
+
+// addTTL adds two durations that are not negative, saturating instead of
+// wrapping: a delay of centuries (a saturated label) keeps its lock.
+func addTTL(a, b time.Duration) time.Duration {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // duplicate logs the rejection and returns its error.
@@ -299,10 +309,11 @@ func (m *Middleware) PostSend(ctx context.Context, msg *broker.Message) {
 	if !ok || msg.Lock != nil {
 		return
 	}
-	// The task is sent: a caller that gives up now must not leave it with
-	// only the grace TTL, so the extend keeps its deadline, not its
-	// cancellation.
-	ctx, cancel := withoutCancel(ctx)
+	// The task is sent: a caller that gives up now, or whose deadline
+	// passes, must not leave it with only the grace TTL. The extend runs
+	// without the caller's cancellation and deadline, for at most the grace
+	// TTL: past it the lock is gone anyway.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.graceTTL)
 	defer cancel()
 	n, err := m.calls.Script(ctx, extendScript, []string{key}, msg.TaskID, m.sendTTL(msg).Milliseconds()).Int()
 	switch {
@@ -315,17 +326,6 @@ func (m *Middleware) PostSend(ctx context.Context, msg *broker.Message) {
 		m.log.Warn("kiq: deduplication lock lost before the send completed (the send outlasted the grace TTL); the task was sent unprotected",
 			slog.String("task_name", msg.TaskName), slog.String("key", key), slog.String("task_id", msg.TaskID))
 	}
-}
-
-// withoutCancel returns ctx without its cancellation, under its deadline if
-// it has one.
-func withoutCancel(ctx context.Context) (context.Context, context.CancelFunc) {
-	d, ok := ctx.Deadline()
-	ctx = context.WithoutCancel(ctx)
-	if !ok {
-		return ctx, func() {}
-	}
-	return context.WithDeadline(ctx, d)
 }
 
 // OnSendError releases the lock at once when the send failed. A send cut
@@ -485,7 +485,7 @@ func (m *Middleware) PostExecute(ctx context.Context, msg *broker.Message, res *
 		m.keep(ctx, msg, key, m.runningTTL(msg), "kiq: could not keep the deduplication lock of a task handed back at shutdown")
 		return
 	case res.Err != nil && res.Retry:
-		m.keep(ctx, msg, key, res.RetryDelay+m.runningTTL(msg), "kiq: could not keep a deduplication lock for a retry")
+		m.keep(ctx, msg, key, addTTL(max(res.RetryDelay, 0), m.runningTTL(msg)), "kiq: could not keep a deduplication lock for a retry")
 		return
 	}
 	if m.lockAtomically() {

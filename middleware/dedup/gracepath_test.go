@@ -240,20 +240,30 @@ func (o *observer) PostSend(context.Context, *broker.Message) {
 	}
 }
 
-// A caller that gives up once its task is sent does not leave the task with
-// only the grace TTL: the extend after the send keeps the caller's deadline,
-// not its cancellation.
+// A caller that gives up once its task is sent, or whose deadline passes
+// then, does not leave the task with only the grace TTL: the extend after
+// the send runs without the caller's cancellation and deadline.
 func TestGracePathExtendsTheLockOfACallerThatGaveUp(t *testing.T) {
-	s := splitQueue(t)
-	key := s.key(welcomeFingerprint)
-	ctx, cancel := context.WithCancel(context.Background())
-	s.b.WithMiddlewares(&observer{postSend: cancel})
-	h, err := welcome(t, s.b).Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
-	require.NoError(t, err)
-	require.Error(t, ctx.Err(), "the caller gave up after the send")
-	bg := context.Background()
-	require.Equal(t, h.TaskID(), s.locks.Get(bg, key).Val())
-	require.InDelta(t, 300*time.Second, s.locks.PTTL(bg, key).Val(), float64(2*time.Second), "the full TTL")
+	for _, how := range []string{"cancelled", "deadline"} {
+		t.Run(how, func(t *testing.T) {
+			s := splitQueue(t)
+			key := s.key(welcomeFingerprint)
+			ctx, cancel := context.WithCancel(context.Background())
+			giveUp := cancel
+			if how == "deadline" {
+				ctx, cancel = context.WithTimeout(context.Background(), time.Second)
+				giveUp = func() { <-ctx.Done() }
+			}
+			defer cancel()
+			s.b.WithMiddlewares(&observer{postSend: giveUp})
+			h, err := welcome(t, s.b).Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
+			require.NoError(t, err)
+			require.Error(t, ctx.Err(), "the caller gave up after the send")
+			bg := context.Background()
+			require.Equal(t, h.TaskID(), s.locks.Get(bg, key).Val())
+			require.InDelta(t, 300*time.Second, s.locks.PTTL(bg, key).Val(), float64(2*time.Second), "the full TTL")
+		})
+	}
 }
 
 // On the grace path the lock has the grace TTL until the send, then the

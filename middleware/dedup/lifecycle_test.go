@@ -50,6 +50,24 @@ func TestDelayedTaskKeepsItsLockThroughItsDelay(t *testing.T) {
 	})
 }
 
+// A delay past what a time.Duration holds (the label saturates) keeps the
+// lock for as long: the sum with the TTL does not wrap to a lock of a
+// millisecond, on either path.
+func TestADelayOfCenturiesKeepsItsLock(t *testing.T) {
+	bothPaths(t, func(t *testing.T, b *broker.ListQueue, _ *dedup.Middleware, locks *redis.Client, prefix string) {
+		ctx := context.Background()
+		tk := welcome(t, b)
+		far := tk.Kicker().WithLabels(task.Labels{"delay": int64(1e10)})
+		h, err := far.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
+		require.NoError(t, err)
+		key := prefix + ":" + welcomeFingerprint
+		require.Equal(t, h.TaskID(), locks.Get(ctx, key).Val())
+		require.Greater(t, locks.PTTL(ctx, key).Val(), 100*365*24*time.Hour)
+		_, err = far.Kiq(ctx, WelcomeArgs{UserID: 42, Locale: "en"})
+		require.ErrorIs(t, err, dedup.ErrDuplicateTask)
+	})
+}
+
 // A scheduled holder exists on its queue: self-healing does not take its
 // lock over, on either path.
 func TestScheduledHolderIsNotTakenOver(t *testing.T) {
