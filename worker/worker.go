@@ -60,8 +60,8 @@
 //     an error by then is handed back, not counted as failed; a task that
 //     still has not returned is left to the broker, which delivers it again
 //     (its goroutine cannot be stopped: it ends when the task returns; its
-//     outcome is still stored and its post hooks run, but it is never
-//     acknowledged);
+//     post hooks run and a success is stored where the result backend is
+//     still open, but it is never acknowledged);
 //  5. flushes the pending acknowledgements, retrying them until the
 //     shutdown timeout has passed (at least one second); those still failing
 //     are left to the broker, which delivers them again;
