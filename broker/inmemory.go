@@ -106,6 +106,9 @@ func (b *InMemory) Kick(ctx context.Context, msg *Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if msg.TaskID == "" {
+		return errors.New("kiq: kick: empty task id") // as ListQueue
+	}
 	if msg.Lock != nil {
 		return ErrLockUnsupported
 	}

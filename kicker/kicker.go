@@ -143,6 +143,12 @@ func (k *Kicker[Args]) Kiq(ctx context.Context, args Args) (*Handle, error) {
 func (k *Kicker[Args]) KiqMany(ctx context.Context, args []Args) ([]*Handle, []error) {
 	handles := make([]*Handle, len(args))
 	errs := make([]error, len(args))
+	if err := ctx.Err(); err != nil { // as Kiq: nothing built, no hook run
+		for i := range errs {
+			errs[i] = kickError(k.target.Name, err)
+		}
+		return handles, errs
+	}
 	if len(args) <= manyChunk {
 		k.kiqRange(ctx, args, 0, len(args), handles, errs, k.kickMany)
 	} else {

@@ -138,6 +138,12 @@ func TestKiqWithAnEndedContextRunsNoHook(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, s.Pending, "nothing was sent")
 
+	_, errs := k.KiqMany(ctx, []Args{{N: 3}, {N: 4}})
+	for _, err := range errs {
+		require.EqualError(t, err, "kiq: kick t: context canceled")
+	}
+	require.Zero(t, mw.preSends, "KiqMany runs no send hook either")
+
 	_, err = k.Kiq(context.Background(), Args{N: 2})
 	require.NoError(t, err)
 	require.Equal(t, 1, mw.preSends, "a live context runs the hooks")

@@ -199,6 +199,15 @@ func Run(t *testing.T, h Harness) {
 		require.Equal(t, m.TaskID, ds[0].ID)
 	})
 
+	t.Run("a message without a task id is refused", func(t *testing.T) {
+		t.Parallel()
+		b := h.New(t)
+		m := msg("t", nil)
+		m.TaskID = ""
+		require.ErrorContains(t, b.Kick(ctx, m), "empty task id")
+		fetchNone(t, consume(t, b), 100*time.Millisecond)
+	})
+
 	t.Run("a task id that exists is refused until its task is acknowledged", func(t *testing.T) {
 		t.Parallel()
 		b := h.New(t)
