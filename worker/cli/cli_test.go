@@ -214,11 +214,7 @@ func TestUsageErrors(t *testing.T) {
 		{"--concurrency", "many"},
 		{"--log-level", "loud"},
 		{"--log-format", "xml"},
-		{"locks"},
-		{"locks", "drop"},
-		{"locks", "release"},
 		{"--queues", ","},
-		{"queues", "--queues", " , "},
 		// The command must come first: this is no worker run.
 		{"--redis-url", "redis://127.0.0.1:1", "locks", "list"},
 		{"--progress", "0", "stray"},
@@ -226,6 +222,20 @@ func TestUsageErrors(t *testing.T) {
 		var errOut bytes.Buffer
 		require.Equal(t, 2, app.Run(ctx, args, &bytes.Buffer{}, &errOut), "%v", args)
 		require.NotEmpty(t, errOut.String(), "%v", args)
+	}
+	// Operator commands with a Redis URL, wrong all the same: each says its
+	// own usage error, caught before any connection (nothing listens there).
+	for _, args := range [][]string{
+		{"locks"},
+		{"locks", "drop"},
+		{"locks", "release"},
+		{"queues", "--queues", " , "},
+	} {
+		var errOut bytes.Buffer
+		args = append(args[:1:1], append([]string{"--redis-url", "redis://127.0.0.1:1"}, args[1:]...)...)
+		require.Equal(t, 2, app.Run(ctx, args, &bytes.Buffer{}, &errOut), "%v", args)
+		require.NotEmpty(t, errOut.String(), "%v", args)
+		require.NotContains(t, errOut.String(), "needs --redis-url", "%v", args)
 	}
 	var errOut bytes.Buffer
 	require.Equal(t, 1, app.Run(ctx, []string{"--redis-url", "http://nope"}, &bytes.Buffer{}, &errOut))
