@@ -7,8 +7,8 @@
 //
 // Labels come from three places, each overriding the one before:
 //
-//  1. struct tags on a task.Meta embedded by value at the top level of Args
-//     (Define panics if Args holds a task.Meta anywhere else),
+//  1. struct tags on the task.Meta that Args embeds, directly or through an
+//     embedded struct (see LabelsOf),
 //  2. task.WithLabels given to Define,
 //  3. the kicker's WithLabels at call time.
 package task
@@ -38,9 +38,9 @@ type Labels = broker.Labels
 // deduplication_ttl; "a,b" a list for deduplication_key_fields); unknown
 // labels stay strings. Meta adds nothing to the encoded arguments.
 //
-// Embed Meta by value at the top level of Args: Define panics if Args holds
-// it anywhere else (by pointer, as a named field, or inside an embedded
-// struct), rather than ignore its tags.
+// Embed Meta in Args, or in a struct Args embeds: the one Go's field
+// promotion reaches is read (see LabelsOf). Define panics on one it cannot
+// read (a named field, two at one depth) rather than ignore its tags.
 type Meta struct{}
 
 // Option configures Define.
@@ -70,8 +70,7 @@ type Task[Args any] struct {
 //
 // Define panics, like http.HandleFunc, on a programming error found at
 // start-up: a name already defined on b, labels (in tags or options) whose
-// values do not fit their label, or a task.Meta that is not embedded by value
-// at the top level of Args.
+// values do not fit their label, or a task.Meta that LabelsOf cannot read.
 func Define[Args any](b broker.Broker, name string, fn func(context.Context, Args) error, opts ...Option) *Task[Args] {
 	return define(b, name, func(ctx context.Context, a Args) (any, error) { return nil, fn(ctx, a) }, opts)
 }
@@ -150,11 +149,13 @@ var metaType = reflect.TypeFor[Meta]()
 // LabelsOf returns the labels given by the struct tags of the task.Meta
 // embedded in Args, typed as their labels, or nil when Args embeds none.
 //
-// Only a task.Meta embedded by value at the top level of Args is read. A
-// task.Meta anywhere else among the fields of Args — embedded by pointer, a
-// named field, or inside an embedded struct — is an error, never silently
-// skipped. (Fields of a named struct type are values of their own, as in
-// Items []OtherArgs, and are not looked into.)
+// The task.Meta read is the one Go's field promotion reaches: embedded in
+// Args, by value or by pointer, or in a struct Args embeds, at any depth;
+// the shallowest wins, so Args may override the labels of a struct it
+// embeds by embedding a task.Meta of its own. Two at the same depth, and a
+// task.Meta held in a named field (which promotion never reaches), are
+// errors, never silently skipped. Fields of a named struct type are values
+// of their own, as in Items []OtherArgs, and are not looked into.
 func LabelsOf[Args any]() (Labels, error) {
 	typ := reflect.TypeFor[Args]()
 	for typ.Kind() == reflect.Pointer {
@@ -163,54 +164,46 @@ func LabelsOf[Args any]() (Labels, error) {
 	if typ.Kind() != reflect.Struct {
 		return nil, nil
 	}
-	var tag *reflect.StructTag
-	for i := range typ.NumField() {
-		f := typ.Field(i)
-		if f.Anonymous && f.Type == metaType {
-			if tag != nil {
-				return nil, fmt.Errorf("task.Meta embedded twice in %s", typ)
+	// Breadth first through the embedded structs, one depth at a time.
+	level := []embedded{{typ: typ}}
+	seen := map[reflect.Type]bool{typ: true}
+	var found *reflect.StructField
+	var foundAt string
+	for len(level) > 0 {
+		var next []embedded
+		for _, e := range level {
+			for i := range e.typ.NumField() {
+				f := e.typ.Field(i)
+				ft := f.Type
+				for ft.Kind() == reflect.Pointer {
+					ft = ft.Elem()
+				}
+				switch {
+				case ft == metaType && !f.Anonymous:
+					return nil, fmt.Errorf("task.Meta in the field %s%s: embed it (promotion does not reach a named field)", e.path, f.Name)
+				case ft == metaType && found != nil:
+					return nil, fmt.Errorf("task.Meta embedded twice at one depth, as %s and %s%s", foundAt, e.path, f.Name)
+				case ft == metaType:
+					found, foundAt = &f, e.path+f.Name
+				case f.Anonymous && ft.Kind() == reflect.Struct && !seen[ft]:
+					seen[ft] = true
+					next = append(next, embedded{typ: ft, path: e.path + f.Name + "."})
+				}
 			}
-			tag = &f.Tag
-			continue
 		}
-		if err := misplacedMeta(f, "", map[reflect.Type]bool{typ: true}); err != nil {
-			return nil, err
+		if found != nil {
+			return ParseTag(string(found.Tag))
 		}
+		level = next
 	}
-	if tag == nil {
-		return nil, nil
-	}
-	return ParseTag(string(*tag))
+	return nil, nil
 }
 
-// misplacedMeta returns an error if f, a field of Args or of a struct Args
-// embeds, is a task.Meta (by value or pointer) or embeds one, at any depth
-// of embedded structs. path is the dotted path of the embedded structs f is
-// in ("" at the top level, "Base." in an embedded Base). seen holds the
-// struct types already looked into, so that a type embedding a pointer to
-// itself ends.
-func misplacedMeta(f reflect.StructField, path string, seen map[reflect.Type]bool) error {
-	typ := f.Type
-	for typ.Kind() == reflect.Pointer {
-		typ = typ.Elem()
-	}
-	if typ == metaType {
-		how := "field"
-		if f.Anonymous {
-			how = "embedded as"
-		}
-		return fmt.Errorf("%s %s %s: embed task.Meta by value at the top level of Args", f.Type, how, path+f.Name)
-	}
-	if !f.Anonymous || typ.Kind() != reflect.Struct || seen[typ] {
-		return nil
-	}
-	seen[typ] = true
-	for i := range typ.NumField() {
-		if err := misplacedMeta(typ.Field(i), path+f.Name+".", seen); err != nil {
-			return err
-		}
-	}
-	return nil
+// embedded is a struct type LabelsOf looks into, and the path of embedded
+// fields that leads to it ("" for Args, "Base." in an embedded Base).
+type embedded struct {
+	typ  reflect.Type
+	path string
 }
 
 // ParseTag parses a struct tag (`key:"value" key2:"value2"`, the format of

@@ -135,58 +135,81 @@ func TestDefinePanicsOnProgrammingErrors(t *testing.T) {
 	require.Panics(t, func() { task.Define(b, "", func(context.Context, WelcomeArgs) error { return nil }) })
 }
 
-type sharedLabels struct {
-	task.Meta `deduplication_ttl:"soon"`
+// baseArgs carries labels that arguments embedding it inherit.
+type baseArgs struct {
+	task.Meta `deduplication_ttl:"60"`
+	UserID    int `msgpack:"user_id"`
 }
 
-type deeper struct{ sharedLabels }
+// otherBase embeds a task.Meta too.
+type otherBase struct {
+	task.Meta `deduplication_ttl:"30"`
+}
 
 // defineNoop defines a task "t" of arguments Args that does nothing.
 func defineNoop[Args any](b broker.Broker) {
 	task.Define(b, "t", func(context.Context, Args) error { return nil })
 }
 
-// A task.Meta anywhere but embedded by value at the top level of Args would
-// have its tags ignored: Define panics instead, with a bad tag or a good one.
-func TestDefinePanicsOnMisplacedMeta(t *testing.T) {
+// The task.Meta read is the one Go's field promotion reaches: by value or
+// pointer, through embedded structs, the shallowest winning.
+func TestMetaIsReadWherePromotionReachesIt(t *testing.T) {
+	type Ext struct {
+		baseArgs
+		Extra string
+	}
 	type ByPointer struct {
-		*task.Meta `deduplication_ttl:"soon"`
-		N          int
+		*task.Meta `deduplication_ttl:"30"`
 	}
-	type Named struct {
-		Labels task.Meta `deduplication_ttl:"60"`
+	type Deep struct{ *Ext }
+	type Override struct {
+		task.Meta `deduplication_ttl:"5"`
+		baseArgs
 	}
-	type Embedded struct {
-		sharedLabels
-		N int
-	}
-	type Deep struct{ *deeper }
-	type Both struct {
-		task.Meta `deduplication_ttl:"60"`
-		sharedLabels
-	}
-	for _, c := range []struct {
-		define func(broker.Broker)
-		where  string
-	}{
-		{defineNoop[ByPointer], "*task.Meta embedded as Meta"},
-		{defineNoop[Named], "task.Meta field Labels"},
-		{defineNoop[Embedded], "task.Meta embedded as sharedLabels.Meta"},
-		{defineNoop[Deep], "task.Meta embedded as deeper.sharedLabels.Meta"},
-		{defineNoop[Both], "task.Meta embedded as sharedLabels.Meta"},
-	} {
-		require.PanicsWithValue(t, `kiq: task.Define "t": `+c.where+`: embed task.Meta by value at the top level of Args`,
-			func() { c.define(broker.NewInMemory()) })
-	}
-
-	// Arguments of their own inside Args are not looked into.
-	type Batch struct {
+	type Batch struct { // arguments of their own inside Args are not looked into
 		Items []WelcomeArgs `msgpack:"items"`
 		One   WelcomeArgs   `msgpack:"one"`
 	}
-	labels, err := task.LabelsOf[Batch]()
-	require.NoError(t, err)
-	require.Nil(t, labels)
+	for _, c := range []struct {
+		labels func() (task.Labels, error)
+		want   task.Labels
+	}{
+		{task.LabelsOf[Ext], task.Labels{"deduplication_ttl": int64(60)}},
+		{task.LabelsOf[ByPointer], task.Labels{"deduplication_ttl": int64(30)}},
+		{task.LabelsOf[Deep], task.Labels{"deduplication_ttl": int64(60)}},
+		{task.LabelsOf[Override], task.Labels{"deduplication_ttl": int64(5)}},
+		{task.LabelsOf[Batch], nil},
+	} {
+		got, err := c.labels()
+		require.NoError(t, err)
+		require.Equal(t, c.want, got)
+	}
+}
+
+// A task.Meta promotion cannot reach, or two it reaches at one depth, make
+// Define panic instead of being skipped; so does a bad tag found through
+// promotion.
+func TestDefinePanicsOnAMetaItCannotRead(t *testing.T) {
+	type Named struct {
+		Labels task.Meta `deduplication_ttl:"60"`
+	}
+	type Twice struct {
+		baseArgs
+		otherBase
+	}
+	type BadByPointer struct {
+		*task.Meta `deduplication_ttl:"soon"`
+	}
+	for _, c := range []struct {
+		define func(broker.Broker)
+		msg    string
+	}{
+		{defineNoop[Named], "task.Meta in the field Labels: embed it (promotion does not reach a named field)"},
+		{defineNoop[Twice], "task.Meta embedded twice at one depth, as baseArgs.Meta and otherBase.Meta"},
+	} {
+		require.PanicsWithValue(t, `kiq: task.Define "t": `+c.msg, func() { c.define(broker.NewInMemory()) })
+	}
+	require.Panics(t, func() { defineNoop[BadByPointer](broker.NewInMemory()) })
 }
 
 func TestParseTag(t *testing.T) {
