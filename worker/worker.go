@@ -104,10 +104,17 @@ const (
 	failureLogEvery = 30 * time.Second
 )
 
+// Defaults of Options.
+const (
+	DefaultConcurrency     = 16
+	DefaultShutdownTimeout = 10 * time.Second
+)
+
 // Options configure a Worker. The zero value of each field means its
 // default.
 type Options struct {
-	// Concurrency is how many tasks run at once. Default 16.
+	// Concurrency is how many tasks run at once. Default 16
+	// (DefaultConcurrency).
 	Concurrency int
 	// Prefetch is the most deliveries held at once: running, waiting to
 	// run, or waiting for their acknowledgement. Default twice Concurrency;
@@ -116,7 +123,7 @@ type Options struct {
 	// Queues to consume. Default: the broker's default queue.
 	Queues []string
 	// ShutdownTimeout is how long shutdown waits for running tasks before
-	// cancelling their contexts. Default 10 s.
+	// cancelling their contexts. Default 10 s (DefaultShutdownTimeout).
 	ShutdownTimeout time.Duration
 	// Logger receives the worker's logs. Default slog.Default().
 	Logger *slog.Logger
@@ -128,7 +135,7 @@ type Options struct {
 
 func (o Options) withDefaults() Options {
 	if o.Concurrency <= 0 {
-		o.Concurrency = 16
+		o.Concurrency = DefaultConcurrency
 	}
 	if o.Prefetch <= 0 {
 		o.Prefetch = 2 * o.Concurrency
@@ -136,7 +143,7 @@ func (o Options) withDefaults() Options {
 	o.Prefetch = max(o.Prefetch, o.Concurrency)
 	o.Queues = slices.Clone(o.Queues)
 	if o.ShutdownTimeout <= 0 {
-		o.ShutdownTimeout = 10 * time.Second
+		o.ShutdownTimeout = DefaultShutdownTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -166,6 +173,13 @@ type Worker struct {
 func New(b broker.Broker, opts Options) *Worker {
 	opts = opts.withDefaults()
 	return &Worker{b: b, opts: opts, log: opts.Logger, failures: failureLog{log: opts.Logger}}
+}
+
+// Options returns the worker's options, each default filled in.
+func (w *Worker) Options() Options {
+	o := w.opts
+	o.Queues = slices.Clone(o.Queues)
+	return o
 }
 
 // Stats are a worker's counters since it was made, for a live progress

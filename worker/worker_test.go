@@ -680,3 +680,14 @@ func TestQueuesOption(t *testing.T) {
 	require.Equal(t, "1", recv(t, ran))
 	require.Equal(t, int64(1), queueStats(t, b).Pending, "the default queue was not consumed")
 }
+
+// Options reports the options the worker runs with, each default filled in.
+func TestOptionsFillsDefaults(t *testing.T) {
+	o := worker.New(broker.NewInMemory(), worker.Options{}).Options()
+	require.Equal(t, worker.DefaultConcurrency, o.Concurrency)
+	require.Equal(t, 2*worker.DefaultConcurrency, o.Prefetch)
+	require.Equal(t, worker.DefaultShutdownTimeout, o.ShutdownTimeout)
+	o = worker.New(broker.NewInMemory(), worker.Options{Concurrency: 8, Prefetch: 4}).Options()
+	require.Equal(t, 8, o.Concurrency)
+	require.Equal(t, 8, o.Prefetch, "never below the concurrency")
+}

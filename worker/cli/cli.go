@@ -126,10 +126,10 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.keyPrefix, "key-prefix", "kiq", "prefix of the broker's Redis keys")
 	fs.StringVar(&f.dedupPrefix, "dedup-prefix", "taskiq:deduplication", "prefix of deduplication lock keys (the worker's and the locks commands')")
 	fs.DurationVar(&f.resultTTL, "result-ttl", broker.DefaultResultTTL, "how long results are kept in Redis for tasks show (0: results are not stored), unless the program set a result backend")
-	fs.IntVar(&f.concurrency, "concurrency", defaultConcurrency, fmt.Sprintf("tasks run at once (0: %d)", defaultConcurrency))
+	fs.IntVar(&f.concurrency, "concurrency", worker.DefaultConcurrency, fmt.Sprintf("tasks run at once (0: %d)", worker.DefaultConcurrency))
 	fs.IntVar(&f.prefetch, "prefetch", 0, "most tasks held at once, running or waiting (0: twice the concurrency; never below it)")
-	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout,
-		fmt.Sprintf("how long to wait for running tasks on shutdown before cancelling them (0: %s)", defaultShutdownTimeout))
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", worker.DefaultShutdownTimeout,
+		fmt.Sprintf("how long to wait for running tasks on shutdown before cancelling them (0: %s)", worker.DefaultShutdownTimeout))
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&f.progress, "progress", time.Second, "how often to print the progress line (0: never)")
@@ -137,13 +137,6 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.queue, "queue", broker.DefaultQueue, "operator commands: the queue of dead letters and tasks")
 	fs.BoolVar(&f.all, "all", false, "dead requeue: every dead letter of the queue")
 }
-
-// The defaults of worker.Options, which the command line resolves itself to
-// log the values it uses.
-const (
-	defaultConcurrency     = 16
-	defaultShutdownTimeout = 10 * time.Second
-)
 
 // validate rejects the values of numeric flags that mean nothing: negative
 // ones (0 means the default, or off).
@@ -164,20 +157,6 @@ func (f *flags) validate() error {
 		}
 	}
 	return nil
-}
-
-// concurrencyUsed returns the concurrency and prefetch the worker runs with,
-// as worker.Options would resolve them.
-func (f *flags) concurrencyUsed() (concurrency, prefetch int) {
-	concurrency = f.concurrency
-	if concurrency == 0 {
-		concurrency = defaultConcurrency
-	}
-	prefetch = f.prefetch
-	if prefetch == 0 {
-		prefetch = 2 * concurrency
-	}
-	return concurrency, max(prefetch, concurrency)
 }
 
 func (f *flags) logger(w io.Writer) (*slog.Logger, error) {
@@ -344,20 +323,16 @@ func (app App) withBroker(ctx context.Context, f *flags, log *slog.Logger, demo 
 }
 
 func (app App) runWorker(ctx context.Context, b *broker.ListQueue, f *flags, log *slog.Logger, stderr io.Writer) error {
-	concurrency, prefetch := f.concurrencyUsed()
-	shutdownTimeout := f.shutdownTimeout
-	if shutdownTimeout == 0 {
-		shutdownTimeout = defaultShutdownTimeout
-	}
 	w := worker.New(b, worker.Options{
-		Concurrency:     concurrency,
-		Prefetch:        prefetch,
+		Concurrency:     f.concurrency,
+		Prefetch:        f.prefetch,
 		Queues:          f.queueList(),
-		ShutdownTimeout: shutdownTimeout,
+		ShutdownTimeout: f.shutdownTimeout,
 		Logger:          log,
 	})
-	log.Info("kiq: worker started", slog.Any("queues", f.queueList()), slog.Int("concurrency", concurrency),
-		slog.Int("prefetch", prefetch), slog.Any("tasks", b.Registry().Names()))
+	used := w.Options()
+	log.Info("kiq: worker started", slog.Any("queues", f.queueList()), slog.Int("concurrency", used.Concurrency),
+		slog.Int("prefetch", used.Prefetch), slog.Any("tasks", b.Registry().Names()))
 	if f.progress > 0 {
 		ctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
