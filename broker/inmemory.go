@@ -290,23 +290,24 @@ func (c *memConsumer) settle(ds ...*Delivery) ([]string, error) {
 	return ids, nil
 }
 
-// endLocked forgets the task ids of ds, which ended (acknowledged or
-// dead-lettered): their ids can be kicked again. The caller holds c.b.mu.
-func (c *memConsumer) endLocked(ds []*Delivery, ids []string) {
+// finishLocked settles ds, which ended (acknowledged or dead-lettered),
+// and forgets their task ids: they can be kicked again. The caller holds
+// c.b.mu.
+func (c *memConsumer) finishLocked(ds ...*Delivery) error {
+	ids, err := c.settle(ds...)
+	if err != nil {
+		return err
+	}
 	for i, d := range ds {
 		delete(c.b.queue(d.Queue).ids, ids[i])
 	}
+	return nil
 }
 
 func (c *memConsumer) Ack(ctx context.Context, ds ...*Delivery) error {
 	c.b.mu.Lock()
 	defer c.b.mu.Unlock()
-	ids, err := c.settle(ds...)
-	if err != nil {
-		return err
-	}
-	c.endLocked(ds, ids)
-	return nil
+	return c.finishLocked(ds...)
 }
 
 func (c *memConsumer) Retry(ctx context.Context, d *Delivery, msg *Message, delay time.Duration) error {
@@ -328,11 +329,9 @@ func (c *memConsumer) Retry(ctx context.Context, d *Delivery, msg *Message, dela
 func (c *memConsumer) DeadLetter(ctx context.Context, d *Delivery, reason string) error {
 	c.b.mu.Lock()
 	defer c.b.mu.Unlock()
-	ids, err := c.settle(d)
-	if err != nil {
+	if err := c.finishLocked(d); err != nil {
 		return err
 	}
-	c.endLocked([]*Delivery{d}, ids)
 	dl := DeadLetter{Queue: d.Queue, Reason: reason, At: c.b.now(), Raw: d.Raw}
 	if d.Message != nil {
 		dl.TaskID, dl.TaskName, dl.Attempt = d.Message.TaskID, d.Message.TaskName, d.Message.Attempt
